@@ -1,0 +1,6 @@
+"""`python -m hf_distill ...` and `accelerate launch -m hf_distill train CONFIG.yaml`."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""`DistillationConfig`: `TrainingArguments` plus the distillation fields, and nothing else changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .losses import DIVERGENCES, KDObjective
+
+# The fields a plain `TrainingArguments` lacks. Their defaults here are *the* documented defaults: a trainer built
+# with plain `TrainingArguments` reads them from this class, so the two can never disagree.
+_OBJECTIVE_FIELDS = tuple(f.name for f in fields(KDObjective))
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    r"""
+    [`~transformers.TrainingArguments`] for [`DistillationTrainer`], with the knowledge-distillation fields added.
+
+    Every upstream field keeps its upstream default; only the fields below are new. A plain `TrainingArguments`
+    also works with [`DistillationTrainer`] and then uses these defaults: forward KL at temperature 1, pure
+    distillation (`kd_weight=1.0`, `ce_weight=0.0`).
+
+    The objective per optimizer step is
+
+        kd_weight · s · D(p_teacher, p_student) + ce_weight · CE(student, labels)
+
+    averaged over the valid positions (label != -100, or real tokens when the batch has no labels) of the whole
+    gradient-accumulation window on all processes, with `p = softmax(logits / kd_temperature)` and
+    `s = kd_temperature²` when `kd_temperature_scaling` (else 1).
+
+    Parameters:
+        teacher_model_name_or_path (`str`, *optional*):
+            Teacher to load when the trainer is given no `teacher_model`: a Hub id or a local folder.
+        teacher_trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow the teacher's repository to run its own Python code when loading. Off unless you turn it on.
+        kd_loss (`str`, *optional*, defaults to `"forward_kl"`):
+            Divergence D: `forward_kl` KL(p_t ‖ p_s), `reverse_kl` KL(p_s ‖ p_t), `jsd`, `tvd`, `skew_forward_kl`,
+            `skew_reverse_kl`.
+        kd_temperature (`float`, *optional*, defaults to 1.0):
+            Softmax temperature of the KD term (not a sampling temperature).
+        kd_temperature_scaling (`bool`, *optional*, defaults to `True`):
+            Multiply the KD term by `kd_temperature²` (Hinton et al. 2015).
+        jsd_beta (`float`, *optional*, defaults to 0.5):
+            Teacher weight in the `jsd` mixture `(1-β)·p_s + β·p_t`: 0 = forward KL, 1 = reverse KL (TRL's direction).
+        skew_alpha (`float`, *optional*, defaults to 0.1):
+            Skew α of `skew_forward_kl` / `skew_reverse_kl` (DistiLLM).
+        kd_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the KD term.
+        ce_weight (`float`, *optional*, defaults to 0.0):
+            Weight of the student's hard-label cross-entropy; > 0 requires labels in every batch.
+
+    Example:
+        ```python
+        >>> from hf_distill import DistillationConfig
+        >>> args = DistillationConfig(output_dir="out", kd_loss="jsd", jsd_beta=0.5, kd_temperature=2.0, ce_weight=0.5)
+        >>> args.kd_objective().describe()
+        'loss = 1·[4 (T²) · jsd at T=2, beta=0.5] + 0.5·CE(labels), averaged over valid tokens of each optimizer step'
+        ```
+    """
+
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Teacher to load when no `teacher_model` object is given: a Hub id or a local folder."},
+    )
+    teacher_trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Let the teacher's repository run its own Python code when loading. Off by default."},
+    )
+    kd_loss: str = field(
+        default="forward_kl",
+        metadata={"help": "Divergence of the KD term.", "choices": list(DIVERGENCES)},
+    )
+    kd_temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature of the KD term, applied to both models' logits."}
+    )
+    kd_temperature_scaling: bool = field(
+        default=True, metadata={"help": "Multiply the KD term by kd_temperature² (Hinton et al. 2015)."}
+    )
+    jsd_beta: float = field(
+        default=0.5,
+        metadata={"help": "Teacher weight of the jsd mixture: 0 = forward KL(teacher‖student), 1 = reverse KL."},
+    )
+    skew_alpha: float = field(default=0.1, metadata={"help": "Skew α of skew_forward_kl / skew_reverse_kl."})
+    kd_weight: float = field(default=1.0, metadata={"help": "Weight of the KD term."})
+    ce_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the student's hard-label cross-entropy (needs labels)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.kd_objective()  # validates the distillation fields, naming the one at fault
+
+    def kd_objective(self) -> KDObjective:
+        """The loss these arguments describe."""
+        return kd_objective_from_args(self)
+
+
+def distillation_defaults() -> dict[str, Any]:
+    """The documented defaults of every distillation field, as used with a plain `TrainingArguments`."""
+    own = {f.name for f in fields(DistillationConfig)} - {f.name for f in fields(TrainingArguments)}
+    return {f.name: f.default for f in fields(DistillationConfig) if f.name in own}
+
+
+def distillation_setting(args: TrainingArguments, name: str) -> Any:
+    """A distillation field of `args`, or its documented default when `args` is a plain `TrainingArguments`."""
+    return getattr(args, name, distillation_defaults()[name])
+
+
+def kd_objective_from_args(args: TrainingArguments) -> KDObjective:
+    """Build (and so validate) the objective from `DistillationConfig` or plain `TrainingArguments`."""
+    return KDObjective(**{name: distillation_setting(args, name) for name in _OBJECTIVE_FIELDS})

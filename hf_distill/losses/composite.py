@@ -1,0 +1,166 @@
+"""The distillation objective: a weighted sum of a KD divergence and the student's hard-label cross-entropy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .divergences import DIVERGENCES, per_token_divergence
+from .reduction import align_for_prediction, select_targets
+
+
+@dataclass(frozen=True)
+class KDObjective:
+    """`kd_weight · T²·D(p_t, p_s) + ce_weight · CE(student, labels)`, each term averaged over valid positions.
+
+    Field names match `DistillationConfig`, so every error message names the setting the user typed.
+
+    Attributes:
+        kd_loss (`str`): divergence name, one of `hf_distill.losses.DIVERGENCES`.
+        kd_temperature (`float`): softmax temperature T applied to both models' logits in the KD term only.
+        kd_temperature_scaling (`bool`): multiply the KD term by T² (Hinton et al. 2015), which keeps its gradients
+            on the same scale as the CE term's when T changes.
+        jsd_beta (`float`): teacher weight of the `jsd` mixture; 0 = forward KL, 1 = reverse KL.
+        skew_alpha (`float`): skew of `skew_forward_kl` / `skew_reverse_kl`.
+        kd_weight (`float`): weight of the KD term.
+        ce_weight (`float`): weight of the hard-label cross-entropy term (needs labels).
+    """
+
+    kd_loss: str = "forward_kl"
+    kd_temperature: float = 1.0
+    kd_temperature_scaling: bool = True
+    jsd_beta: float = 0.5
+    skew_alpha: float = 0.1
+    kd_weight: float = 1.0
+    ce_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kd_loss not in DIVERGENCES:
+            raise ValueError(f"kd_loss={self.kd_loss!r} is not a known divergence; use one of: {', '.join(DIVERGENCES)}.")
+        if not self.kd_temperature > 0:
+            raise ValueError(f"kd_temperature={self.kd_temperature} must be > 0 (1.0 leaves the logits unchanged).")
+        if not 0.0 <= self.jsd_beta <= 1.0:
+            raise ValueError(f"jsd_beta={self.jsd_beta} must lie in [0, 1] (0 = forward KL, 1 = reverse KL).")
+        if not 0.0 <= self.skew_alpha < 1.0:
+            raise ValueError(f"skew_alpha={self.skew_alpha} must lie in [0, 1).")
+        for name in ("kd_weight", "ce_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+        if self.kd_weight == 0 and self.ce_weight == 0:
+            raise ValueError("kd_weight and ce_weight are both 0, so nothing would be trained; set kd_weight > 0.")
+
+    @property
+    def kd_scale(self) -> float:
+        return self.kd_temperature**2 if self.kd_temperature_scaling else 1.0
+
+    def describe(self) -> str:
+        """One readable line, e.g. `loss = 0.5·[4.0 (T²) · forward_kl at T=2.0] + 0.5·CE`."""
+        detail = {"jsd": f", beta={self.jsd_beta}", "skew_forward_kl": f", skew={self.skew_alpha}"}
+        detail["skew_reverse_kl"] = detail["skew_forward_kl"]
+        scale = f"{self.kd_scale:g} (T²) · " if self.kd_temperature_scaling and self.kd_temperature != 1 else ""
+        kd = f"{self.kd_weight:g}·[{scale}{self.kd_loss} at T={self.kd_temperature:g}{detail.get(self.kd_loss, '')}]"
+        terms = [kd] if self.kd_weight else []
+        if self.ce_weight:
+            terms.append(f"{self.ce_weight:g}·CE(labels)")
+        return "loss = " + " + ".join(terms) + ", averaged over valid tokens of each optimizer step"
+
+
+@dataclass
+class ObjectiveSums:
+    """Per-micro-batch sums over valid positions; the caller normalises (see `reduction.normalize_token_sum`).
+
+    Attributes:
+        total (`torch.Tensor`, 0-dim): `kd_weight · kd + ce_weight · ce`, with gradients.
+        kd (`torch.Tensor`, 0-dim): KD term summed over positions (T² applied), detached.
+        ce (`torch.Tensor`, 0-dim or `None`): CE summed over positions, detached; `None` without labels.
+        num_targets (`torch.Tensor`, 0-dim): number of valid positions.
+        agreement (`torch.Tensor`, 0-dim): positions where the student's and the teacher's top-1 agree.
+    """
+
+    total: torch.Tensor
+    kd: torch.Tensor
+    ce: torch.Tensor | None
+    num_targets: torch.Tensor
+    agreement: torch.Tensor
+
+
+def objective_sums(
+    objective: KDObjective,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    shift_labels: bool,
+    vocab_size: int | None = None,
+    require_labels: bool = True,
+) -> ObjectiveSums:
+    """Compute the objective's sums for one micro-batch from both models' logits.
+
+    Args:
+        objective (`KDObjective`): what to compute.
+        student_logits (`torch.Tensor` of shape `(B, T, V_s)` or `(B, V_s)`): student logits, with gradients.
+        teacher_logits (`torch.Tensor` of shape `(B, T, V_t)` or `(B, V_t)`): teacher logits, no gradients.
+        labels (`torch.Tensor` of shape `(B, T)` or `(B,)`, *optional*): hard labels, `-100` = ignored.
+        attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*): selects positions when there are no labels.
+        shift_labels (`bool`): causal LM (position t predicts token t+1).
+        vocab_size (`int`, *optional*): compare the distributions over the first `vocab_size` entries only, when the
+            two models pad their embeddings differently. CE always uses the student's full logits.
+        require_labels (`bool`, *optional*, defaults to `True`): refuse a batch without labels when `ce_weight > 0`.
+            Evaluation passes `False`, so `predict()` on unlabelled data scores the KD term alone.
+
+    Returns:
+        `ObjectiveSums`.
+    """
+    if objective.ce_weight > 0 and labels is None and require_labels:
+        raise ValueError(
+            f"ce_weight={objective.ce_weight} needs labels, but this batch has no `labels`; add labels to the "
+            "dataset or set ce_weight=0 to train on the KD term alone."
+        )
+    student = align_for_prediction(student_logits, shift_labels)
+    teacher = align_for_prediction(teacher_logits, shift_labels)
+    if student.shape[:-1] != teacher.shape[:-1]:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} cover "
+            "different positions; both models must see the same inputs."
+        )
+    targets = select_targets(student.shape[:-1], labels, attention_mask, shift_labels)
+    student_rows = student.reshape(-1, student.shape[-1]).index_select(0, targets.index)  # (n, V_s)
+    teacher_rows = teacher.reshape(-1, teacher.shape[-1]).index_select(0, targets.index)  # (n, V_t)
+    shared = vocab_size or student_rows.shape[-1]
+    if min(student_rows.shape[-1], teacher_rows.shape[-1]) < shared or (
+        vocab_size is None and student_rows.shape[-1] != teacher_rows.shape[-1]
+    ):
+        raise ValueError(
+            f"student logits have {student_rows.shape[-1]} classes and teacher logits {teacher_rows.shape[-1]}; "
+            "teacher and student must predict the same labels (or vocabulary) in the same order."
+        )
+    student_kd, teacher_kd = student_rows[:, :shared], teacher_rows[:, :shared]
+
+    kd = per_token_divergence(
+        student_kd,
+        teacher_kd,
+        loss=objective.kd_loss,
+        temperature=objective.kd_temperature,
+        beta=objective.jsd_beta,
+        skew=objective.skew_alpha,
+    ).sum() * objective.kd_scale
+    total = objective.kd_weight * kd
+    ce = None
+    if targets.labels is not None:
+        if targets.labels.is_floating_point():
+            raise ValueError(
+                "labels are floating point (regression or multi-label); the CE term needs integer class labels. "
+                "Set ce_weight=0 to distil on the KD term alone."
+            )
+        # With ce_weight = 0 the CE is only logged: keep it out of the autograd graph.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and objective.ce_weight > 0):
+            ce = F.cross_entropy(student_rows.float(), targets.labels, reduction="sum")
+        if objective.ce_weight:
+            total = total + objective.ce_weight * ce
+        ce = ce.detach()
+    agreement = (student_kd.argmax(-1) == teacher_kd.argmax(-1)).sum()
+    return ObjectiveSums(
+        total=total, kd=kd.detach(), ce=ce, num_targets=targets.index.new_tensor(targets.index.numel()), agreement=agreement
+    )

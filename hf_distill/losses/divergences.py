@@ -1,0 +1,168 @@
+"""Per-token divergences between a student's and a teacher's output distributions.
+
+Every function here takes logits of shape `(N, V)` (N positions, V classes or vocabulary entries) and returns a
+`(N,)` float32 tensor: one divergence per position, before any masking, weighting or averaging. The math runs in
+float32 whatever the input dtype, and `-inf` logits (masked vocabulary entries) never produce NaN: an entry with
+zero probability contributes exactly zero to the sums in which it is the weight.
+
+Notation: `p_t = softmax(teacher_logits / T)`, `p_s = softmax(student_logits / T)`, `KL(p ‖ q) = Σ p·(log p − log q)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["DIVERGENCES", "per_token_divergence"]
+
+
+_FLOAT32_MIN = torch.finfo(torch.float32).min
+
+
+def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    # float32 softmax even for bf16/fp16 logits: bf16 log-probs lose ~3 significant digits.
+    log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    # A -inf logit becomes the most negative finite float: its probability is still exactly 0, but 0·(-inf) = NaN
+    # and the NaN gradients of logaddexp(-inf, -inf) can no longer appear, forwards or backwards.
+    return log_probs.clamp_min(_FLOAT32_MIN)
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) per row from finite log-probabilities `(N, V)` -> `(N,)`; entries with p = 0 add exactly 0."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> torch.Tensor:
+    """log(w·p + (1−w)·q) computed stably in log space, for 0 < w < 1."""
+    w = torch.tensor(weight_p, dtype=log_p.dtype, device=log_p.device)
+    return torch.logaddexp(log_p + w.log(), log_q + (1 - w).log())
+
+
+def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **_) -> torch.Tensor:
+    """KL(p_t ‖ p_s): mass-covering; the student is pushed to put probability wherever the teacher does (Hinton et al.)."""
+    return _kl(_log_probs(teacher_logits, temperature), _log_probs(student_logits, temperature))
+
+
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **_) -> torch.Tensor:
+    """KL(p_s ‖ p_t): mode-seeking; the student concentrates on the teacher's main modes (MiniLLM)."""
+    return _kl(_log_probs(student_logits, temperature), _log_probs(teacher_logits, temperature))
+
+
+def jsd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, beta: float = 0.5, **_
+) -> torch.Tensor:
+    """Generalized Jensen–Shannon divergence with the semantics of TRL's `DistillationTrainer` (GKD, Agarwal et al.).
+
+    With mixture `m = (1−β)·p_s + β·p_t`, the loss is `β·KL(p_t ‖ m) + (1−β)·KL(p_s ‖ m)`. `beta=0.5` is the
+    symmetric JSD. The two end points are defined as the KLs they interpolate towards: `beta=0` is exactly the forward
+    KL(p_t ‖ p_s) and `beta=1` exactly the reverse KL(p_s ‖ p_t) (the mixture formula itself would vanish there).
+    """
+    if beta == 0.0:
+        return forward_kl(student_logits, teacher_logits, temperature)
+    if beta == 1.0:
+        return reverse_kl(student_logits, teacher_logits, temperature)
+    log_ps = _log_probs(student_logits, temperature)
+    log_pt = _log_probs(teacher_logits, temperature)
+    log_m = _log_mixture(log_pt, log_ps, beta)
+    return beta * _kl(log_pt, log_m) + (1 - beta) * _kl(log_ps, log_m)
+
+
+def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **_) -> torch.Tensor:
+    """Total variation distance ½·Σ|p_t − p_s|, bounded in [0, 1] and symmetric (DistiLLM, DistillKit)."""
+    p_s = _log_probs(student_logits, temperature).exp()
+    p_t = _log_probs(teacher_logits, temperature).exp()
+    return 0.5 * (p_t - p_s).abs().sum(-1)
+
+
+def skew_forward_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, skew: float = 0.1, **_
+) -> torch.Tensor:
+    """Skew KL (DistiLLM, Ko et al. 2024): `KL(p_t ‖ α·p_t + (1−α)·p_s)` with `α = skew`.
+
+    `skew=0` is the forward KL; a small positive skew keeps the loss finite where the student puts no mass.
+    """
+    log_pt = _log_probs(teacher_logits, temperature)
+    log_ps = _log_probs(student_logits, temperature)
+    if skew == 0.0:
+        return _kl(log_pt, log_ps)
+    return _kl(log_pt, _log_mixture(log_pt, log_ps, skew))
+
+
+def skew_reverse_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, skew: float = 0.1, **_
+) -> torch.Tensor:
+    """Skew reverse KL (DistiLLM): `KL(p_s ‖ (1−α)·p_t + α·p_s)` with `α = skew`; `skew=0` is the reverse KL."""
+    log_pt = _log_probs(teacher_logits, temperature)
+    log_ps = _log_probs(student_logits, temperature)
+    if skew == 0.0:
+        return _kl(log_ps, log_pt)
+    return _kl(log_ps, _log_mixture(log_ps, log_pt, skew))
+
+
+Divergence = Callable[..., torch.Tensor]
+
+# The closed set of names a config may use; no dotted-path imports from YAML.
+DIVERGENCES: dict[str, Divergence] = {
+    "forward_kl": forward_kl,
+    "reverse_kl": reverse_kl,
+    "jsd": jsd,
+    "tvd": tvd,
+    "skew_forward_kl": skew_forward_kl,
+    "skew_reverse_kl": skew_reverse_kl,
+}
+
+
+def per_token_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    loss: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    skew: float = 0.1,
+) -> torch.Tensor:
+    """Divergence between the student's and the teacher's distributions at every position.
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(N, V)`):
+            Student logits, any float dtype. Gradients flow through them.
+        teacher_logits (`torch.Tensor` of shape `(N, V)`):
+            Teacher logits over the same V entries, any float dtype.
+        loss (`str`, *optional*, defaults to `"forward_kl"`):
+            One of `forward_kl` (KL(p_t ‖ p_s)), `reverse_kl` (KL(p_s ‖ p_t)), `jsd` (generalized JSD, see `beta`),
+            `tvd` (total variation), `skew_forward_kl` and `skew_reverse_kl` (DistiLLM, see `skew`).
+        temperature (`float`, *optional*, defaults to 1.0):
+            Softens both distributions: `softmax(logits / temperature)`. The T² factor of Hinton et al. is *not*
+            applied here; the objective applies it.
+        beta (`float`, *optional*, defaults to 0.5):
+            `jsd` only. Weight of the teacher in the mixture `m = (1−β)·p_s + β·p_t`; `0` gives exactly the forward
+            KL, `1` exactly the reverse KL, `0.5` the symmetric JSD. Same direction as TRL's `beta`.
+        skew (`float`, *optional*, defaults to 0.1):
+            Skew KLs only: the share α of the first distribution mixed into the second.
+
+    Returns:
+        `torch.Tensor` of shape `(N,)`, float32: the divergence at each position.
+
+    Example:
+        ```python
+        >>> import torch
+        >>> from hf_distill.losses import per_token_divergence
+        >>> logits = torch.randn(3, 10)
+        >>> per_token_divergence(logits, logits, loss="jsd").abs().max() < 1e-6
+        tensor(True)
+        ```
+    """
+    if loss not in DIVERGENCES:
+        raise ValueError(f"loss={loss!r} is not a known divergence; use one of: {', '.join(DIVERGENCES)}.")
+    if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
+        raise ValueError(
+            "student_logits and teacher_logits must both have shape (N, V); got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}."
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be > 0.")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta={beta} must lie in [0, 1] (0 = forward KL, 1 = reverse KL).")
+    if not 0.0 <= skew < 1.0:
+        raise ValueError(f"skew={skew} must lie in [0, 1).")
+    return DIVERGENCES[loss](student_logits, teacher_logits, temperature=temperature, beta=beta, skew=skew)

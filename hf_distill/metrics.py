@@ -1,0 +1,49 @@
+"""Running sums of the distillation terms between two log lines, kept as detached device tensors.
+
+Nothing here calls `.item()` per micro-step: the sums are reduced across processes and turned into floats only when
+the Trainer logs (`logging_steps`) or finishes an evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from .losses import ObjectiveSums
+
+
+@dataclass
+class DistillationMetrics:
+    """Sums over valid positions: KD term, CE term (over positions that had labels), top-1 agreement."""
+
+    kd: torch.Tensor
+    ce: torch.Tensor
+    agreement: torch.Tensor
+    num_targets: torch.Tensor
+    num_ce_targets: torch.Tensor
+
+    @classmethod
+    def zeros(cls, device: torch.device | str = "cpu") -> DistillationMetrics:
+        return cls(*(torch.zeros((), dtype=torch.float64, device=device) for _ in fields(cls)))
+
+    def add(self, sums: ObjectiveSums) -> None:
+        self.kd += sums.kd.to(self.kd)
+        self.agreement += sums.agreement.to(self.kd)
+        self.num_targets += sums.num_targets.to(self.kd)
+        if sums.ce is not None:
+            self.ce += sums.ce.to(self.kd)
+            self.num_ce_targets += sums.num_targets.to(self.kd)
+
+    def summarize(self, reduce_sum=None, prefix: str = "") -> dict[str, float]:
+        """Per-position means, summed over processes first with `reduce_sum` (e.g. `accelerator.reduce`)."""
+        stacked = torch.stack([getattr(self, f.name) for f in fields(self)])
+        if reduce_sum is not None:
+            stacked = reduce_sum(stacked)
+        kd, ce, agreement, n, n_ce = stacked.tolist()
+        if n == 0:
+            return {}
+        metrics = {f"{prefix}kd_loss": kd / n, f"{prefix}agreement": agreement / n}
+        if n_ce:
+            metrics[f"{prefix}ce_loss"] = ce / n_ce
+        return metrics

@@ -1,0 +1,230 @@
+"""The teacher: loading, freezing, placing it beside the student, checking it speaks the student's vocabulary, and
+running it. Its output leaves this module as plain data (`TeacherOutput`)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForAudioClassification,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+
+from . import assets
+from .tasks import is_encoder_decoder, unwrap_peft
+
+# Which Auto class loads a teacher for a student of a given head, by the student class's name suffix.
+_AUTO_CLASS_BY_HEAD = {
+    "ForCausalLM": AutoModelForCausalLM,
+    "ForConditionalGeneration": AutoModelForSeq2SeqLM,
+    "ForSeq2SeqLM": AutoModelForSeq2SeqLM,
+    "ForSequenceClassification": AutoModelForSequenceClassification,
+    "ForTokenClassification": AutoModelForTokenClassification,
+    "ForImageClassification": AutoModelForImageClassification,
+    "ForAudioClassification": AutoModelForAudioClassification,
+}
+
+
+@dataclass
+class TeacherOutput:
+    """What the loss needs from the teacher, whether it ran live or (later) came from a cache.
+
+    Attributes:
+        logits (`torch.Tensor` of shape `(B, T, V)` or `(B, C)`): teacher logits, no gradient.
+    """
+
+    logits: torch.Tensor
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def load_teacher(name_or_path: str, student: nn.Module, trust_remote_code: bool = False) -> PreTrainedModel:
+    """Load a teacher for `student` by Hub id, local folder or `packaged:` name, in the student's dtype.
+
+    The Auto class is chosen from the student's head (a `...ForCausalLM` student gets `AutoModelForCausalLM`).
+
+    Args:
+        name_or_path (`str`): a Hub id, a local folder, or `packaged:<name>` (see `hf_distill.assets`).
+        student (`nn.Module`): the student, a transformers model (PEFT-wrapped or not).
+        trust_remote_code (`bool`, *optional*, defaults to `False`): let the repository run its own code.
+    """
+    head_model = unwrap_peft(student)
+    auto_class = next(
+        (cls for suffix, cls in _AUTO_CLASS_BY_HEAD.items() if type(head_model).__name__.endswith(suffix)), None
+    )
+    if auto_class is None:
+        raise ValueError(
+            f"teacher_model={name_or_path!r} is a name, but the student ({type(head_model).__name__}) has no head "
+            f"that maps to an Auto class ({', '.join(_AUTO_CLASS_BY_HEAD)}); load the teacher yourself and pass the "
+            "model object as `teacher_model`."
+        )
+    path = assets.resolve_packaged_model(name_or_path) if assets.is_packaged(name_or_path) else name_or_path
+    return auto_class.from_pretrained(path, dtype=_model_dtype(student), trust_remote_code=trust_remote_code)
+
+
+def load_teacher_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any | None:
+    """The teacher's tokenizer when it can be found next to its weights, else `None` (e.g. an image model)."""
+    path = assets.resolve_packaged_model(name_or_path) if assets.is_packaged(name_or_path) else name_or_path
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def freeze(teacher: nn.Module) -> nn.Module:
+    """Evaluation mode and no gradients: the teacher can neither be trained nor change between steps (dropout)."""
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def place_teacher(teacher: nn.Module, device: torch.device) -> nn.Module:
+    """Put the teacher on the student's device, or refuse when the user dispatched it elsewhere on purpose."""
+    device_map = getattr(teacher, "hf_device_map", None)
+    if device_map:
+        devices = {str(d) for d in device_map.values()}
+        if devices != {str(device)} and not (devices <= {"cpu"} and device.type == "cpu"):
+            raise ValueError(
+                f"teacher_model is dispatched over {sorted(devices)} by a device_map, but the student trains on "
+                f"{device}. Load the teacher without `device_map` (the trainer puts it on the student's device); "
+                "teacher placements across devices are not supported yet."
+            )
+    if any(p.is_meta for p in teacher.parameters()):
+        raise ValueError(
+            "teacher_model has parameters on the 'meta' device (no weights loaded); load the teacher with its "
+            "weights, e.g. `from_pretrained(...)` without `device_map='meta'`/`init_empty_weights`."
+        )
+    return teacher.to(device)
+
+
+def output_vocab_size(model: nn.Module) -> int | None:
+    """Rows of the model's output projection (its logits' last dimension), or `None` for models without one."""
+    model = unwrap_peft(model)
+    get_output = getattr(model, "get_output_embeddings", None)
+    head = get_output() if callable(get_output) else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return head.weight.shape[0]
+    return None
+
+
+def _first_difference(student_tokenizer: Any, teacher_tokenizer: Any) -> str | None:
+    student_vocab = {i: t for t, i in student_tokenizer.get_vocab().items()}
+    teacher_vocab = {i: t for t, i in teacher_tokenizer.get_vocab().items()}
+    for token_id in sorted(set(student_vocab) | set(teacher_vocab)):
+        s, t = student_vocab.get(token_id), teacher_vocab.get(token_id)
+        if s != t:
+            return f"token id {token_id} is {s!r} for the student but {t!r} for the teacher"
+    return None
+
+
+def shared_vocab_size(
+    student: nn.Module,
+    teacher: nn.Module,
+    student_tokenizer: Any | None = None,
+    teacher_tokenizer: Any | None = None,
+) -> int | None:
+    """Check that teacher and student predict over the same vocabulary; return the size to compare over.
+
+    Same-family models often pad their embedding matrices differently (Qwen2.5-0.5B: 151936 rows, 7B: 152064) while
+    sharing one tokenizer: the logits then differ only in never-used padding rows, and the divergence is taken over
+    the shared leading entries. Different tokenizers are refused, naming the first token that differs.
+
+    Returns:
+        `None` when the logits already match (or the models have no vocabulary, e.g. classifiers), else the number of
+        leading logit entries to compare.
+    """
+    student_size, teacher_size = output_vocab_size(student), output_vocab_size(teacher)
+    if student_size is None or teacher_size is None:
+        return None
+    student_tokenizer = getattr(student_tokenizer, "tokenizer", student_tokenizer)  # a processor holds one
+    teacher_tokenizer = getattr(teacher_tokenizer, "tokenizer", teacher_tokenizer)
+    if student_tokenizer is not None and teacher_tokenizer is not None:
+        difference = _first_difference(student_tokenizer, teacher_tokenizer)
+        if difference is not None:
+            raise ValueError(
+                f"The teacher's and the student's tokenizers differ: {difference}. Logit distillation needs one "
+                "tokenizer for both; pick a teacher and student of the same tokenizer family."
+            )
+        used = len(student_tokenizer)
+        if used > min(student_size, teacher_size):
+            raise ValueError(
+                f"The tokenizer has {used} tokens but the student's head has {student_size} rows and the teacher's "
+                f"{teacher_size}; resize the smaller model's embeddings to at least {used}."
+            )
+    elif student_size != teacher_size:
+        raise ValueError(
+            f"The student predicts over {student_size} tokens and the teacher over {teacher_size}, and without both "
+            "tokenizers it cannot be checked that they share one. Pass the student's tokenizer as "
+            "`processing_class` and the teacher's as `teacher_processing_class`."
+        )
+    return None if student_size == teacher_size else min(student_size, teacher_size)
+
+
+def model_logits(outputs: Any, who: str) -> torch.Tensor:
+    """`outputs.logits` of a transformers `ModelOutput` or a plain dict, or a clear error."""
+    if isinstance(outputs, dict) and outputs.get("logits") is not None:  # ModelOutput is a dict too
+        return outputs["logits"]
+    found = list(outputs.keys()) if isinstance(outputs, dict) else type(outputs).__name__
+    raise ValueError(
+        f"The {who}'s forward returned no `logits` (got {found}). Distillation needs a model whose output is a "
+        "dict or ModelOutput with a `logits` entry; return `{'logits': ...}` from a custom module."
+    )
+
+
+def accepted_arguments(model: nn.Module) -> frozenset[str] | None:
+    """Names `model.forward` declares, or `None` when it declares only `**kwargs` (it takes anything).
+
+    Pass the unwrapped model: a DDP wrapper's `forward(*inputs, **kwargs)` says nothing about the model.
+    """
+    params = inspect.signature(unwrap_peft(model).forward).parameters
+    named = frozenset(k for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+    return named or None
+
+
+def select_arguments(inputs: dict[str, Any], accepted: frozenset[str] | None) -> dict[str, Any]:
+    """The entries of `inputs` a forward accepts, so teacher and student may need different columns."""
+    return dict(inputs) if accepted is None else {k: v for k, v in inputs.items() if k in accepted}
+
+
+def decoder_inputs(model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None) -> dict[str, Any]:
+    """Encoder-decoder models build `decoder_input_ids` from labels internally; do it here so labels can stay out of
+    the forward (the trainer computes its own losses) and both models decode the same targets."""
+    if not is_encoder_decoder(model) or labels is None or inputs.get("decoder_input_ids") is not None:
+        return inputs
+    return {**inputs, "decoder_input_ids": unwrap_peft(model).prepare_decoder_input_ids_from_labels(labels=labels)}
+
+
+@torch.no_grad()
+def run_teacher(teacher: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None = None) -> TeacherOutput:
+    """One frozen teacher forward on the student's batch.
+
+    Args:
+        teacher (`nn.Module`): the frozen teacher, on the batch's device.
+        inputs (`dict`): the batch without labels.
+        labels (`torch.Tensor`, *optional*): only used to build decoder inputs for encoder-decoder teachers.
+    """
+    if teacher.training:  # something called .train() on it; dropout in the teacher would make the targets noisy
+        teacher.eval()
+    outputs = teacher(**select_arguments(decoder_inputs(teacher, inputs, labels), accepted_arguments(teacher)))
+    return TeacherOutput(logits=model_logits(outputs, "teacher").detach())
+
+
+def describe_teacher(teacher: nn.Module) -> str:
+    """Short description for logs: name and parameter count."""
+    name = getattr(getattr(teacher, "config", None), "_name_or_path", "") or type(teacher).__name__
+    if os.path.isabs(name):
+        name = os.path.basename(name.rstrip("/"))  # keep local paths out of logs that may be shared
+    return f"{name} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M parameters)"

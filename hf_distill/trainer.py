@@ -1,0 +1,280 @@
+"""`DistillationTrainer`: `transformers.Trainer` whose loss is distillation from a frozen teacher. Glue only: the loss
+math is in `hf_distill.losses`, the teacher's handling in `hf_distill.teacher`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.trainer_pt_utils import nested_detach
+from transformers.trainer_utils import EvalLoopOutput
+
+from .config import distillation_setting, kd_objective_from_args
+from .logs import get_logger
+from .losses import KDObjective, ObjectiveSums, count_targets, normalize_token_sum, objective_sums
+from .metrics import DistillationMetrics
+from .tasks import is_encoder_decoder, is_token_level, shifts_labels
+from .teacher import (
+    accepted_arguments,
+    decoder_inputs,
+    describe_teacher,
+    freeze,
+    load_teacher,
+    load_teacher_tokenizer,
+    model_logits,
+    place_teacher,
+    run_teacher,
+    select_arguments,
+    shared_vocab_size,
+)
+
+logger = get_logger(__name__)
+
+_LABEL_COLUMNS = ("labels", "label", "label_ids")
+
+
+class DistillationTrainer(Trainer):
+    r"""
+    A [`~transformers.Trainer`] that trains its `model` (the student) to match a frozen `teacher_model`.
+
+    Everything `Trainer` accepts works unchanged (datasets, collators, `compute_metrics`, callbacks, `TrainingArguments`);
+    only the loss differs. The teacher runs in evaluation mode, under `torch.no_grad()`, on the student's device; it
+    is never handed to the optimizer and never saved with the student.
+
+    The loss is `kd_weight · T²·D(p_teacher, p_student) + ce_weight · CE(student, labels)` averaged over every valid
+    position (`labels != -100`, or real tokens when a batch has no labels) of the optimizer step, on all processes.
+    Its settings are the fields of [`DistillationConfig`]; with plain `TrainingArguments` the documented defaults
+    apply (forward KL, T=1, `kd_weight=1`, `ce_weight=0`). Causal-LM labels are shifted as the model's own loss does;
+    the CE term is computed here, from the student's logits, so the student's own `loss` is not used.
+
+    Args:
+        model (`PreTrainedModel` or `nn.Module`):
+            The student. A plain module must return a dict or `ModelOutput` with `logits`.
+        args (`TrainingArguments` or `DistillationConfig`, *optional*):
+            Training arguments.
+        teacher_model (`PreTrainedModel`, `nn.Module` or `str`, *optional*):
+            The teacher, or a Hub id / local folder / `packaged:` name loaded with the student's head type and dtype.
+            Defaults to `args.teacher_model_name_or_path`.
+        teacher_processing_class (*optional*):
+            The teacher's tokenizer, to check that it matches the student's (`processing_class`). Loaded from the
+            teacher's folder when the teacher is given by name.
+        *trainer_args, **trainer_kwargs:
+            Everything else `transformers.Trainer` takes.
+
+    Example:
+        ```python
+        from hf_distill import DistillationConfig, DistillationTrainer
+
+        trainer = DistillationTrainer(  # was: Trainer(
+            model=student,
+            teacher_model=teacher,
+            args=DistillationConfig(output_dir="student", kd_temperature=2.0, ce_weight=0.5),
+            train_dataset=train_dataset,
+            processing_class=tokenizer,
+        )
+        trainer.train()
+        ```
+    """
+
+    # `compute_loss` divides by the token count of the whole accumulation window (see `get_batch_samples`).
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: Any = None,
+        *trainer_args: Any,
+        teacher_model: nn.Module | str | None = None,
+        teacher_processing_class: Any | None = None,
+        **trainer_kwargs: Any,
+    ) -> None:
+        if trainer_kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "compute_loss_func is not supported by DistillationTrainer: the loss is the distillation objective. "
+                "Choose it with DistillationConfig (kd_loss, kd_temperature, kd_weight, ce_weight)."
+            )
+        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        if self.args.label_smoothing_factor:
+            raise ValueError(
+                f"label_smoothing_factor={self.args.label_smoothing_factor} is not supported with distillation (the "
+                "teacher's soft targets already replace one-hot labels); set it to 0."
+            )
+        self.kd_objective: KDObjective = kd_objective_from_args(self.args)
+        self.teacher_model = self._init_teacher(teacher_model, teacher_processing_class)
+        if not self.label_names:  # plain modules: keep `labels` flowing to the loss and to compute_metrics
+            self.label_names = ["labels"]
+        self._shift_labels = shifts_labels(self.model)
+        self._token_level = is_token_level(self.model)
+        self._student_arguments = accepted_arguments(self.model)
+        self._train_metrics = DistillationMetrics.zeros(self.args.device)
+        self._eval_metrics = DistillationMetrics.zeros(self.args.device)
+
+    def _init_teacher(self, teacher: nn.Module | str | None, teacher_tokenizer: Any | None) -> nn.Module:
+        teacher = teacher if teacher is not None else distillation_setting(self.args, "teacher_model_name_or_path")
+        if teacher is None:
+            raise ValueError(
+                "No teacher: pass `teacher_model=` (a model or a Hub id/local path) to DistillationTrainer, or set "
+                "`teacher_model_name_or_path` in DistillationConfig."
+            )
+        if isinstance(teacher, str):
+            trust_remote_code = distillation_setting(self.args, "teacher_trust_remote_code")
+            if teacher_tokenizer is None:
+                teacher_tokenizer = load_teacher_tokenizer(teacher, trust_remote_code)
+            teacher = load_teacher(teacher, self.model, trust_remote_code)
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"teacher_model must be an nn.Module or a name/path, got {type(teacher).__name__}.")
+        if teacher is self.model:
+            raise ValueError("teacher_model is the student itself; pass a separate (frozen) teacher model.")
+        self._shared_vocab = shared_vocab_size(self.model, teacher, self.processing_class, teacher_tokenizer)
+        return place_teacher(freeze(teacher), self.args.device)
+
+    # ---- data: the columns the loss needs must survive `remove_unused_columns` ----
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        teacher_columns = accepted_arguments(self.teacher_model) or ()
+        extra = [*_LABEL_COLUMNS, "attention_mask", "decoder_attention_mask", *teacher_columns]
+        self._signature_columns += [c for c in extra if c not in self._signature_columns]
+
+    # ---- gradient-accumulation normalisation: the one count every micro-batch divides by ----
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device) -> tuple[list, torch.Tensor]:
+        """Fetch the micro-batches of one optimizer step and count their valid positions on all processes."""
+        batch_samples = []
+        for _ in range(num_batches):
+            try:
+                batch_samples.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        num_targets = sum((self._count_batch_targets(batch).to(device) for batch in batch_samples), torch.tensor(0, device=device))
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            num_targets = self.accelerator.gather(num_targets).sum()
+        return batch_samples, num_targets
+
+    def _count_batch_targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        labels = batch.get("labels")
+        mask = self._position_attention_mask(batch)
+        if labels is not None:
+            shape = labels[:, 1:].shape if self._shift_labels else labels.shape
+        elif mask is not None and self._token_level:
+            shape = mask[:, 1:].shape if self._shift_labels else mask.shape
+        else:
+            shape = (_batch_size(batch),)
+        return count_targets(torch.Size(shape), labels, mask, self._shift_labels)
+
+    def _position_attention_mask(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        key = "decoder_attention_mask" if is_encoder_decoder(self.model) else "attention_mask"
+        return batch.get(key)
+
+    def _loss_processes(self) -> int:
+        averaged = self.args.average_tokens_across_devices and self.args.world_size > 1
+        return self.accelerator.num_processes if averaged else 1
+
+    # ---- the loss ----
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """Distillation loss of one micro-batch, already scaled for gradient accumulation.
+
+        `num_items_in_batch` is the valid-position count of the whole accumulation window on all processes (from
+        `get_batch_samples`); without it (evaluation), the batch is normalised by its own count.
+        """
+        labels = inputs.get("labels")
+        features = {k: v for k, v in inputs.items() if k not in _LABEL_COLUMNS}
+        outputs = model(**select_arguments(decoder_inputs(model, features, labels), self._student_arguments))
+        with self.accelerator.autocast():
+            teacher_output = run_teacher(self.teacher_model, features, labels)
+        sums = objective_sums(
+            self.kd_objective,
+            model_logits(outputs, "student"),
+            teacher_output.logits,
+            labels,
+            self._position_attention_mask(features),
+            self._shift_labels,
+            vocab_size=self._shared_vocab,
+            require_labels=model.training,
+        )
+        self._check_count(sums, inputs, num_items_in_batch)
+        (self._train_metrics if model.training else self._eval_metrics).add(sums)
+        if num_items_in_batch is None:
+            loss = normalize_token_sum(sums.total, sums.num_targets)
+        else:
+            loss = normalize_token_sum(sums.total, num_items_in_batch, self._loss_processes())
+        return (loss, outputs) if return_outputs else loss
+
+    def _check_count(self, sums: ObjectiveSums, inputs: dict[str, Any], num_items_in_batch: Any) -> None:
+        # The window count was taken before the forward, from the batch alone. Only for a module of unknown kind
+        # without labels can the logits disagree with that rule; check there (it syncs) rather than mis-normalise.
+        ambiguous = self._token_level is None and inputs.get("labels") is None
+        if ambiguous and num_items_in_batch is not None and sums.num_targets.item() != self._count_batch_targets(inputs).item():
+            raise ValueError(
+                f"The student's logits have {sums.num_targets.item()} valid positions in this batch but the batch "
+                "suggests a different count; give the batch `labels` (use -100 for positions to ignore) so the "
+                "positions that count are unambiguous."
+            )
+
+    # ---- evaluation: student logits to compute_metrics, distillation metrics in the eval logs ----
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, Any, Any]:
+        inputs = self._prepare_inputs(inputs)
+        if ignore_keys is None:
+            ignore_keys = getattr(getattr(self.model, "config", None), "keys_to_ignore_at_inference", [])
+        labels = inputs.get("labels")
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        loss = loss.detach()
+        if prediction_loss_only:
+            return loss, None, None
+        logits = nested_detach(tuple(v for k, v in outputs.items() if k not in [*ignore_keys, "loss"]))
+        logits = logits[0] if len(logits) == 1 else logits
+        return loss, logits, None if labels is None else labels.detach()
+
+    def evaluation_loop(
+        self,
+        dataloader,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
+        self._eval_metrics = DistillationMetrics.zeros(self.args.device)
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        output.metrics.update(self._eval_metrics.summarize(self._reduce_sum, prefix=f"{metric_key_prefix}_"))
+        return output
+
+    # ---- logging ----
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log line: add the terms accumulated since the previous one
+            logs.update(self._train_metrics.summarize(self._reduce_sum))
+            self._train_metrics = DistillationMetrics.zeros(self.args.device)
+        super().log(logs, start_time)
+
+    def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor, reduction="sum") if self.accelerator.num_processes > 1 else tensor
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        if self.is_world_process_zero():
+            student = sum(p.numel() for p in self.model.parameters()) / 1e6
+            logger.info(
+                f"distilling {describe_teacher(self.teacher_model)} into {type(self.model).__name__} "
+                f"({student:.1f}M parameters); {self.kd_objective.describe()}"
+            )
+        return super().train(*args, **kwargs)
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    return next(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0)
