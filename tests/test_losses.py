@@ -100,7 +100,9 @@ def test_identical_distributions_give_zero(loss):
 
 def test_jsd_symmetric_at_half_and_endpoints_are_the_kls():
     s, t = torch.randn(9, 41), torch.randn(9, 41)
-    torch.testing.assert_close(per_token_divergence(s, t, "jsd", beta=0.5), per_token_divergence(t, s, "jsd", beta=0.5))
+    torch.testing.assert_close(
+        per_token_divergence(s, t, "jsd", beta=0.5), per_token_divergence(t, s, "jsd", beta=0.5)
+    )
     torch.testing.assert_close(per_token_divergence(s, t, "jsd", beta=0.0), per_token_divergence(s, t, "forward_kl"))
     torch.testing.assert_close(per_token_divergence(s, t, "jsd", beta=1.0), per_token_divergence(s, t, "reverse_kl"))
     torch.testing.assert_close(

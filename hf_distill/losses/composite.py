@@ -38,7 +38,9 @@ class KDObjective:
 
     def __post_init__(self) -> None:
         if self.kd_loss not in DIVERGENCES:
-            raise ValueError(f"kd_loss={self.kd_loss!r} is not a known divergence; use one of: {', '.join(DIVERGENCES)}.")
+            raise ValueError(
+                f"kd_loss={self.kd_loss!r} is not a known divergence; use one of: {', '.join(DIVERGENCES)}."
+            )
         if not self.kd_temperature > 0:
             raise ValueError(f"kd_temperature={self.kd_temperature} must be > 0 (1.0 leaves the logits unchanged).")
         if not 0.0 <= self.jsd_beta <= 1.0:
@@ -138,14 +140,17 @@ def objective_sums(
         )
     student_kd, teacher_kd = student_rows[:, :shared], teacher_rows[:, :shared]
 
-    kd = per_token_divergence(
-        student_kd,
-        teacher_kd,
-        loss=objective.kd_loss,
-        temperature=objective.kd_temperature,
-        beta=objective.jsd_beta,
-        skew=objective.skew_alpha,
-    ).sum() * objective.kd_scale
+    kd = (
+        per_token_divergence(
+            student_kd,
+            teacher_kd,
+            loss=objective.kd_loss,
+            temperature=objective.kd_temperature,
+            beta=objective.jsd_beta,
+            skew=objective.skew_alpha,
+        ).sum()
+        * objective.kd_scale
+    )
     total = objective.kd_weight * kd
     ce = None
     if targets.labels is not None:
@@ -162,5 +167,9 @@ def objective_sums(
         ce = ce.detach()
     agreement = (student_kd.argmax(-1) == teacher_kd.argmax(-1)).sum()
     return ObjectiveSums(
-        total=total, kd=kd.detach(), ce=ce, num_targets=targets.index.new_tensor(targets.index.numel()), agreement=agreement
+        total=total,
+        kd=kd.detach(),
+        ce=ce,
+        num_targets=targets.index.new_tensor(targets.index.numel()),
+        agreement=agreement,
     )

@@ -39,12 +39,16 @@ def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> t
     return torch.logaddexp(log_p + w.log(), log_q + (1 - w).log())
 
 
-def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **_) -> torch.Tensor:
+def forward_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **_
+) -> torch.Tensor:
     """KL(p_t ‖ p_s): mass-covering; the student is pushed to put probability wherever the teacher does (Hinton et al.)."""
     return _kl(_log_probs(teacher_logits, temperature), _log_probs(student_logits, temperature))
 
 
-def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **_) -> torch.Tensor:
+def reverse_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **_
+) -> torch.Tensor:
     """KL(p_s ‖ p_t): mode-seeking; the student concentrates on the teacher's main modes (MiniLLM)."""
     return _kl(_log_probs(student_logits, temperature), _log_probs(teacher_logits, temperature))
 

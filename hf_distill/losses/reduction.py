@@ -107,7 +107,9 @@ def count_targets(
     return mask.sum()
 
 
-def normalize_token_sum(token_sum: torch.Tensor, num_targets: torch.Tensor | int, num_processes: int = 1) -> torch.Tensor:
+def normalize_token_sum(
+    token_sum: torch.Tensor, num_targets: torch.Tensor | int, num_processes: int = 1
+) -> torch.Tensor:
     """Turn a sum over this micro-batch's positions into its share of the loss of one optimizer step.
 
     `num_targets` is the number of positions that count in the *whole* gradient-accumulation window, summed over

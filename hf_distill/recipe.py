@@ -1,0 +1,166 @@
+"""The YAML recipe behind `hf-distill train CONFIG.yaml`: which teacher, which student, which data, which arguments.
+
+Unknown keys raise, naming the key and where it was, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .config import DistillationConfig
+
+TASKS = ("causal_lm", "sequence_classification")
+STUDENT_INITS = ("teacher_layers", "pretrained")
+
+
+@dataclass
+class TeacherSpec:
+    """`teacher:` section."""
+
+    model_name_or_path: str = ""  # Hub id, local folder, or packaged:<name>
+    trust_remote_code: bool = False
+
+
+@dataclass
+class StudentSpec:
+    """`student:` section."""
+
+    init: str = "teacher_layers"  # teacher_layers: keep `layers` of the teacher; pretrained: load model_name_or_path
+    layers: list[int] = field(default_factory=list)
+    model_name_or_path: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataSpec:
+    """`data:` section. Text for causal LM (a text file), or a table for sequence classification."""
+
+    text_file: str | None = None  # path or packaged:<name>; the text is split into `block_size`-token blocks
+    dataset: str | None = None  # for `datasets.load_dataset`: a local folder, a format name (csv/json) or a Hub id
+    data_files: str | list[str] | None = None
+    split: str = "train"
+    text_column: str = "text"
+    label_column: str = "label"
+    block_size: int = 128
+    max_length: int = 128
+    max_train_examples: int | None = None
+    eval_fraction: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class Recipe:
+    task: str
+    teacher: TeacherSpec
+    student: StudentSpec
+    data: DataSpec
+    args: dict[str, Any]
+
+    def training_arguments(self) -> DistillationConfig:
+        return DistillationConfig(**self.args)
+
+
+_SECTIONS = {"teacher": TeacherSpec, "student": StudentSpec, "data": DataSpec}
+
+
+def _build(cls: type, values: dict[str, Any] | None, where: str) -> Any:
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"`{where}` must be a mapping, got {type(values).__name__}.")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown key(s) {', '.join(unknown)} in `{where}`; valid keys: {', '.join(sorted(known))}.")
+    return cls(**values)
+
+
+def _apply_override(raw: dict[str, Any], dotted: str, value: str) -> None:
+    """`--data.block_size 64` sets raw['data']['block_size']; `--learning_rate 1e-4` sets raw['args'][...]."""
+    parsed = yaml.safe_load(value)
+    section, _, key = dotted.partition(".")
+    if key and section in (*_SECTIONS, "args"):
+        raw.setdefault(section, {})[key] = parsed
+    elif dotted == "task":
+        raw["task"] = parsed
+    else:
+        raw.setdefault("args", {})[dotted] = parsed
+
+
+def _coerce_number(value: Any, default: Any) -> Any:
+    # YAML 1.1 reads `1e-4` (no dot) as a string; a numeric field must still get a number.
+    if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+        try:
+            return type(default)(value) if isinstance(default, float) else int(value)
+        except ValueError:
+            return value  # let DistillationConfig report it
+    return value
+
+
+def parse_overrides(tokens: list[str]) -> list[tuple[str, str]]:
+    """`['--a', '1', '--b=2']` -> `[('a', '1'), ('b', '2')]`, refusing a flag without a value."""
+    pairs, i = [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise ValueError(f"Expected --field value after the config path, got {token!r}.")
+        if "=" in token:
+            key, value = token[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(tokens):
+                raise ValueError(f"{token} needs a value, e.g. {token} 1e-4.")
+            key, value = token[2:], tokens[i + 1]
+            i += 2
+        pairs.append((key, value))
+    return pairs
+
+
+def load_recipe(path: str, overrides: list[tuple[str, str]] | None = None) -> Recipe:
+    """Read a recipe YAML, apply `--field value` overrides, and validate every key.
+
+    The `args` section is validated against `DistillationConfig` (any `TrainingArguments` field plus the
+    distillation fields); other sections against their dataclasses above.
+    """
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the top level must be a mapping.")
+    for key, value in overrides or []:
+        _apply_override(raw, key, value)
+    unknown = sorted(set(raw) - {"task", "args", *_SECTIONS})
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown top-level key(s) {', '.join(unknown)}; valid: task, teacher, student, data, args."
+        )
+    task = raw.get("task", "causal_lm")
+    if task not in TASKS:
+        raise ValueError(f"{path}: task={task!r} is not supported by the CLI; use one of {', '.join(TASKS)}.")
+    args = raw.get("args") or {}
+    arg_fields = {f.name for f in dataclasses.fields(DistillationConfig) if f.init}
+    unknown = sorted(set(args) - arg_fields)
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown key(s) {', '.join(unknown)} in `args`; they must be DistillationConfig / "
+            "TrainingArguments fields."
+        )
+    args = {
+        key: _coerce_number(value, DistillationConfig.__dataclass_fields__[key].default) for key, value in args.items()
+    }
+    recipe = Recipe(
+        task=task, args=args, **{name: _build(cls, raw.get(name), name) for name, cls in _SECTIONS.items()}
+    )
+    if not recipe.teacher.model_name_or_path:
+        raise ValueError(f"{path}: `teacher.model_name_or_path` is required.")
+    if recipe.student.init not in STUDENT_INITS:
+        raise ValueError(f"{path}: student.init={recipe.student.init!r}; use one of {', '.join(STUDENT_INITS)}.")
+    if recipe.student.init == "pretrained" and not recipe.student.model_name_or_path:
+        raise ValueError(f"{path}: student.init=pretrained needs `student.model_name_or_path`.")
+    if recipe.student.init == "teacher_layers" and not recipe.student.layers:
+        raise ValueError(f"{path}: student.init=teacher_layers needs `student.layers`, e.g. [0, 6, 12, 18, 24, 29].")
+    if (recipe.data.text_file is None) == (recipe.data.dataset is None):
+        raise ValueError(f"{path}: set exactly one of `data.text_file` and `data.dataset`.")
+    return recipe

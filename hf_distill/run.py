@@ -1,0 +1,136 @@
+"""Composition root of `hf-distill train`: recipe in, trained and saved student out, with a side-by-side report."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+)
+
+from . import assets
+from .data import causal_lm_datasets, classification_datasets
+from .logs import get_logger
+from .recipe import Recipe
+from .report import ModelRow, format_table, parameter_count, size_on_disk
+from .student_init import student_from_teacher_layers
+from .trainer import DistillationTrainer
+
+logger = get_logger(__name__)
+
+_AUTO = {"causal_lm": AutoModelForCausalLM, "sequence_classification": AutoModelForSequenceClassification}
+
+
+def _local_path(name: str) -> str:
+    return assets.resolve_packaged_model(name) if assets.is_packaged(name) else name
+
+
+def _accuracy(prediction: Any) -> dict[str, float]:
+    return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
+
+
+def evaluate_task_metric(
+    model: Any, recipe: Recipe, eval_dataset: Any, collator: Any, args: TrainingArguments
+) -> float:
+    """The task metric of any model on the eval set, by one code path for teacher and student alike: perplexity
+    (exp of the model's own mean token cross-entropy) for causal LM, accuracy for classification."""
+    with tempfile.TemporaryDirectory() as scratch:
+        eval_args = TrainingArguments(
+            output_dir=scratch,
+            per_device_eval_batch_size=args.per_device_eval_batch_size,
+            use_cpu=args.use_cpu,
+            report_to=[],
+            disable_tqdm=args.disable_tqdm,
+        )
+        classification = recipe.task == "sequence_classification"
+        trainer = Trainer(
+            model=model,
+            args=eval_args,
+            eval_dataset=eval_dataset,
+            data_collator=collator,
+            compute_metrics=_accuracy if classification else None,
+        )
+        metrics = trainer.evaluate()
+    return metrics["eval_accuracy"] if classification else math.exp(metrics["eval_loss"])
+
+
+def run_recipe(recipe: Recipe) -> dict[str, Any]:
+    """Load teacher, student and data from `recipe`, distil, save the student, and report teacher vs student.
+
+    Returns:
+        `dict` with the metric name and, per model, parameters, bytes on disk and metric (also written to
+        `<output_dir>/distillation_results.json`).
+    """
+    args = recipe.training_arguments()
+    teacher_path = _local_path(recipe.teacher.model_name_or_path)
+    auto = _AUTO[recipe.task]
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=recipe.teacher.trust_remote_code)
+    if recipe.task == "causal_lm":
+        train, evaluation = causal_lm_datasets(recipe.data, tokenizer)
+        collator, load_kwargs = default_data_collator, {}
+    else:
+        train, evaluation, names = classification_datasets(recipe.data, tokenizer)
+        collator = DataCollatorWithPadding(tokenizer)
+        load_kwargs = {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)},
+        }
+    teacher = auto.from_pretrained(teacher_path, trust_remote_code=recipe.teacher.trust_remote_code, **load_kwargs)
+    if recipe.student.init == "teacher_layers":
+        student = student_from_teacher_layers(teacher, recipe.student.layers)
+    else:
+        student = auto.from_pretrained(
+            _local_path(recipe.student.model_name_or_path),
+            trust_remote_code=recipe.student.trust_remote_code,
+            **load_kwargs,
+        )
+    logger.info(f"{len(train)} training and {len(evaluation)} evaluation examples")
+
+    metric_name = "perplexity (held out)" if recipe.task == "causal_lm" else "accuracy (held out)"
+    teacher_metric = evaluate_task_metric(teacher, recipe, evaluation, collator, args)
+    student_before = evaluate_task_metric(student, recipe, evaluation, collator, args)
+
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=collator,
+        processing_class=tokenizer,
+        teacher_processing_class=tokenizer,
+    )
+    trainer.train()
+    trainer.save_model(args.output_dir)  # also saves the tokenizer (processing_class)
+    student_after = evaluate_task_metric(student, recipe, evaluation, collator, args)
+
+    teacher_bytes = size_on_disk(teacher_path) if os.path.isdir(teacher_path) else None
+    student_bytes = size_on_disk(args.output_dir)
+    rows = [
+        ModelRow(
+            f"teacher {os.path.basename(teacher_path.rstrip('/'))}",
+            parameter_count(teacher),
+            teacher_bytes,
+            teacher_metric,
+        ),
+        ModelRow("student before distillation", parameter_count(student), None, student_before),
+        ModelRow("student after distillation", parameter_count(student), student_bytes, student_after),
+    ]
+    print("\n" + format_table(rows, metric_name))
+    print(f"\nStudent saved to {args.output_dir} (load it with transformers' from_pretrained).")
+    results = {"metric": metric_name, "models": [row.__dict__ for row in rows]}
+    with open(os.path.join(args.output_dir, "distillation_results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results

@@ -1,0 +1,76 @@
+"""The layout rules of STYLE.md, checked: losses import only torch, imports point down, modules stay small, ruff."""
+
+import ast
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(REPO, "hf_distill")
+MODULES = sorted(glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True))
+
+# Lower layers never import higher ones.
+LAYERS = [
+    {"losses", "logs", "tasks", "assets"},
+    {"config", "metrics", "student_init", "recipe", "report"},
+    {"teacher", "data"},
+    {"trainer"},
+    {"run", "cli", "__main__", "__init__"},
+]
+
+
+def _layer(module: str) -> int:
+    return next(i for i, names in enumerate(LAYERS) if module in names)
+
+
+def _imports(path: str) -> set[str]:
+    tree = ast.parse(open(path).read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level > 0:  # relative import inside hf_distill
+                found.add(f".{node.module or ''}")
+            else:
+                found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+    return found
+
+
+@pytest.mark.parametrize("path", [m for m in MODULES if "/losses/" in m], ids=os.path.basename)
+def test_losses_import_only_torch(path):
+    external = {name for name in _imports(path) if not name.startswith(".")} - {
+        "__future__",
+        "collections",
+        "dataclasses",
+        "math",
+        "typing",
+    }
+    assert external <= {"torch"}, external
+
+
+@pytest.mark.parametrize("path", [m for m in MODULES if "/losses/" not in m], ids=os.path.basename)
+def test_imports_point_down(path):
+    name = os.path.splitext(os.path.basename(path))[0]
+    for imported in _imports(path):
+        if imported.startswith(".") and imported != ".":
+            target = imported[1:].split(".")[0]
+            assert _layer(target) <= _layer(name), f"{name} imports {target}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: os.path.relpath(p, PACKAGE))
+def test_modules_stay_small(path):
+    assert sum(1 for _ in open(path)) <= 400
+
+
+def test_ruff_clean():
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "hf_distill", "tests", "benchmarks"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

