@@ -128,9 +128,15 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
         ModelRow("student before distillation", parameter_count(student), None, student_before),
         ModelRow("student after distillation", parameter_count(student), student_bytes, student_after),
     ]
-    print("\n" + format_table(rows, metric_name))
-    print(f"\nStudent saved to {args.output_dir} (load it with transformers' from_pretrained).")
-    results = {"metric": metric_name, "models": [row.__dict__ for row in rows]}
-    with open(os.path.join(args.output_dir, "distillation_results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    results = {
+        "metric": metric_name,
+        "models": [row.__dict__ for row in rows],
+        "train_steps": trainer.state.global_step,
+        "world_size": args.world_size,
+    }
+    if trainer.is_world_process_zero():  # under `accelerate launch`, one report and one file
+        print("\n" + format_table(rows, metric_name))
+        print(f"\nStudent saved to {args.output_dir} (load it with transformers' from_pretrained).")
+        with open(os.path.join(args.output_dir, "distillation_results.json"), "w") as f:
+            json.dump(results, f, indent=2)
     return results

@@ -7,11 +7,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import yaml
-from tiny_models import llama
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from tiny_models import save_tiny_teacher, tiny_recipe
+from transformers import AutoModelForCausalLM
 
 from hf_distill.cli import main
 from hf_distill.recipe import load_recipe
@@ -80,38 +78,12 @@ def test_cli_reports_a_bad_recipe_without_a_traceback(tmp_path, capsys):
 
 @pytest.fixture
 def tiny_teacher_folder(tmp_path):
-    words = ["<unk>", "<pad>"] + [f"w{i}" for i in range(95)]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
-    folder = tmp_path / "teacher"
-    torch.manual_seed(0)
-    llama(64, 3).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    generator = torch.Generator().manual_seed(0)
-    text = "\n".join(
-        " ".join(f"w{int(i)}" for i in torch.randint(0, 95, (20,), generator=generator)) for _ in range(40)
-    )
-    (tmp_path / "corpus.txt").write_text(text)
-    return folder
+    save_tiny_teacher(tmp_path / "teacher", tmp_path / "corpus.txt")
+    return tmp_path / "teacher"
 
 
 def test_cli_train_end_to_end_saves_a_loadable_student(tmp_path, tiny_teacher_folder, capsys):
-    recipe = {
-        "task": "causal_lm",
-        "teacher": {"model_name_or_path": str(tiny_teacher_folder)},
-        "student": {"init": "teacher_layers", "layers": [0, 2]},
-        "data": {"text_file": str(tmp_path / "corpus.txt"), "block_size": 16},
-        "args": {
-            "output_dir": str(tmp_path / "student"),
-            "max_steps": 3,
-            "report_to": [],
-            "use_cpu": True,
-            "per_device_train_batch_size": 4,
-            "save_strategy": "no",
-            "disable_tqdm": True,
-        },
-    }
+    recipe = tiny_recipe(tmp_path, tiny_teacher_folder, max_steps=3)
     assert main(["train", _write(tmp_path, recipe), "--learning_rate", "1e-3"]) == 0
     out = capsys.readouterr().out
     assert "| teacher teacher" in out and "student after distillation" in out and "perplexity" in out
@@ -120,6 +92,7 @@ def test_cli_train_end_to_end_saves_a_loadable_student(tmp_path, tiny_teacher_fo
     results = json.loads((tmp_path / "student" / "distillation_results.json").read_text())
     teacher_row, _, after = results["models"]
     assert after["parameters"] < teacher_row["parameters"] and after["metric"] > 0
+    assert (results["train_steps"], results["world_size"]) == (3, 1)
 
 
 def test_module_entry_point_runs_the_cli():

@@ -1,29 +1,37 @@
 """Two real processes (gloo) give the same step as one process on the same global batch."""
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+import yaml
+from tiny_models import save_tiny_teacher, tiny_recipe
+from transformers import AutoModelForCausalLM
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_parity.py")
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 
 
+LAUNCH_TWO = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+LAUNCH_TWO += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
 def _run(command, env_extra=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    # ACCELERATE_USE_CPU=1: without it `--multi_gpu` on a CPU machine starts two independent trainings.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", **(env_extra or {})}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
 
 
 @pytest.mark.multiprocess
 def test_two_processes_match_one_process(tmp_path):
     single, double = str(tmp_path / "one" / "out.pt"), str(tmp_path / "two" / "out.pt")
     _run([sys.executable, SCRIPT, single, "4", "1"])
-    launch = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT, double, "2", "2"]
-    _run(launch, {"ACCELERATE_USE_CPU": "1"})
+    _run([*LAUNCH_TWO, SCRIPT, double, "2", "2"])
     one, two = torch.load(single), torch.load(double)
     assert (one["world_size"], two["world_size"]) == (1, 2)
     for name, value in one["params"].items():
@@ -31,3 +39,16 @@ def test_two_processes_match_one_process(tmp_path):
     for a, b in zip(one["logs"], two["logs"]):
         for key in ("loss", "kd_loss", "ce_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
+
+
+@pytest.mark.multiprocess
+def test_cli_under_accelerate_launch_with_two_processes(tmp_path):
+    save_tiny_teacher(tmp_path / "teacher", tmp_path / "corpus.txt")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, tmp_path / "teacher", per_device_train_batch_size=2, num_train_epochs=1)))
+    result = _run([*LAUNCH_TWO, "-m", "hf_distill", "train", str(recipe)])
+    assert result.stdout.count("student after distillation") == 1  # one report, from the main process
+    results = json.loads((tmp_path / "student" / "distillation_results.json").read_text())
+    # 45 training blocks of 16 tokens, a global batch of 2 processes × 2: 12 steps in one epoch (23 with 1 process).
+    assert (results["world_size"], results["train_steps"]) == (2, 12)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "student").config.num_hidden_layers == 2

@@ -186,3 +186,21 @@ def test_batches_without_labels_train_on_kd_alone(tmp_path):
     torch.testing.assert_close(got.double(), 4 * kd[valid].mean(), rtol=1e-5, atol=1e-6)
     trainer.train()
     assert "ce_loss" not in trainer.state.log_history[0] and "kd_loss" in trainer.state.log_history[0]
+
+
+def test_objective_is_logged_once_in_one_line_at_train_start(tmp_path, capfd):
+    make_student, make_teacher = TASKS["causal_lm"]
+    trainer = DistillationTrainer(
+        model=make_student(),
+        teacher_model=make_teacher(),
+        args=_args(tmp_path, save_strategy="no", kd_loss="jsd", jsd_beta=0.25),
+        train_dataset=Dataset.from_list(examples("causal_lm", 8)),
+        data_collator=collate,
+    )
+    trainer.train()
+    lines = [line for line in capfd.readouterr().err.splitlines() if "loss = " in line]
+    assert lines == [
+        "[hf_distill] distilling LlamaForCausalLM (0.1M parameters) into LlamaForCausalLM (0.0M parameters); "
+        "loss = 0.7·[4 (T²) · jsd at T=2, beta=0.25] + 0.5·CE(labels), averaged over valid tokens of each "
+        "optimizer step"
+    ]

@@ -177,3 +177,40 @@ TASKS = {
 
 def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
     return {k: torch.tensor([r[k] for r in rows]) for k in rows[0]}
+
+
+def save_tiny_teacher(folder, corpus_path) -> None:
+    """A 3-layer Llama teacher with a word-level tokenizer saved like a Hub checkpoint, and a text corpus for it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<pad>"] + [f"w{i}" for i in range(95)]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
+    torch.manual_seed(0)
+    llama(64, 3).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    generator = torch.Generator().manual_seed(0)
+    lines = [" ".join(f"w{int(i)}" for i in torch.randint(0, 95, (20,), generator=generator)) for _ in range(40)]
+    with open(corpus_path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def tiny_recipe(tmp_path, teacher_folder, **args) -> dict:
+    """A CLI recipe distilling the tiny teacher into 2 of its layers on the tiny corpus."""
+    return {
+        "task": "causal_lm",
+        "teacher": {"model_name_or_path": str(teacher_folder)},
+        "student": {"init": "teacher_layers", "layers": [0, 2]},
+        "data": {"text_file": str(tmp_path / "corpus.txt"), "block_size": 16},
+        "args": {
+            "output_dir": str(tmp_path / "student"),
+            "report_to": [],
+            "use_cpu": True,
+            "per_device_train_batch_size": 4,
+            "save_strategy": "no",
+            "disable_tqdm": True,
+            **args,
+        },
+    }
