@@ -2,6 +2,7 @@
 and out of the optimizer and the checkpoints, and evaluation works as with Trainer."""
 
 import glob
+import logging
 import os
 
 import pytest
@@ -188,7 +189,16 @@ def test_batches_without_labels_train_on_kd_alone(tmp_path):
     assert "ce_loss" not in trainer.state.log_history[0] and "kd_loss" in trainer.state.log_history[0]
 
 
-def test_objective_is_logged_once_in_one_line_at_train_start(tmp_path, capfd):
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_objective_is_logged_once_in_one_line_at_train_start(tmp_path):
     make_student, make_teacher = TASKS["causal_lm"]
     trainer = DistillationTrainer(
         model=make_student(),
@@ -197,10 +207,15 @@ def test_objective_is_logged_once_in_one_line_at_train_start(tmp_path, capfd):
         train_dataset=Dataset.from_list(examples("causal_lm", 8)),
         data_collator=collate,
     )
-    trainer.train()
-    lines = [line for line in capfd.readouterr().err.splitlines() if "loss = " in line]
+    collect = _Collect()
+    logging.getLogger("hf_distill").addHandler(collect)
+    try:
+        trainer.train()
+    finally:
+        logging.getLogger("hf_distill").removeHandler(collect)
+    lines = [message for message in collect.messages if "loss = " in message]
     assert lines == [
-        "[hf_distill] distilling LlamaForCausalLM (0.1M parameters) into LlamaForCausalLM (0.0M parameters); "
+        "distilling LlamaForCausalLM (0.1M parameters) into LlamaForCausalLM (0.0M parameters); "
         "loss = 0.7·[4 (T²) · jsd at T=2, beta=0.25] + 0.5·CE(labels), averaged over valid tokens of each "
         "optimizer step"
     ]
