@@ -51,6 +51,12 @@ class DistillationConfig(TrainingArguments):
             Weight of the KD term.
         ce_weight (`float`, *optional*, defaults to 0.0):
             Weight of the student's hard-label cross-entropy; > 0 requires labels in every batch.
+        kd_chunk_size (`int`, *optional*):
+            For students and teachers with a linear LM head (causal LM, seq2seq): the objective is computed from
+            their final hidden states one chunk of this many tokens at a time, gradients included, so that neither
+            model's `(tokens, vocabulary)` logits ever exist. `None` (default) picks `2**24 // vocab_size` rounded
+            down to a power of two; `0` turns it off. Evaluation that hands logits to `compute_metrics` uses the
+            logits path.
 
     Example:
         ```python
@@ -89,9 +95,20 @@ class DistillationConfig(TrainingArguments):
         default=0.0, metadata={"help": "Weight of the student's hard-label cross-entropy (needs labels)."}
     )
 
+    kd_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens per chunk of the memory-efficient loss (LM heads only): neither model's full logits are "
+            "built. None picks 2**24 // vocab_size rounded down to a power of two (512 at 32k, 128 at 128k); "
+            "0 turns it off and uses the models' logits."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.kd_objective()  # validates the distillation fields, naming the one at fault
+        if self.kd_chunk_size is not None and self.kd_chunk_size < 0:
+            raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be >= 0 (0 = off, None = automatic).")
 
     def kd_objective(self) -> KDObjective:
         """The loss these arguments describe."""

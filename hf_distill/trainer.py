@@ -12,8 +12,10 @@ from transformers.trainer_pt_utils import nested_detach
 from transformers.trainer_utils import EvalLoopOutput
 
 from .config import distillation_setting, kd_objective_from_args
+from .lm_head import capture_head_input, head_module, head_reproduces_logits, linear_head, slice_batch
 from .logs import get_logger
 from .losses import KDObjective, ObjectiveSums, count_targets, normalize_token_sum, objective_sums
+from .losses.chunked import chunked_objective_sums
 from .metrics import DistillationMetrics
 from .tasks import is_encoder_decoder, is_token_level, shifts_labels
 from .teacher import (
@@ -108,6 +110,9 @@ class DistillationTrainer(Trainer):
         self._shift_labels = shifts_labels(self.model)
         self._token_level = is_token_level(self.model)
         self._student_arguments = accepted_arguments(self.model)
+        self._chunk_size = self._resolve_chunk_size()
+        self._heads_verified: bool | None = None  # checked on the first chunked batch
+        self._logits_wanted = False  # set by prediction_step when compute_metrics needs the student's logits
         self._train_metrics = DistillationMetrics.zeros(self.args.device)
         self._eval_metrics = DistillationMetrics.zeros(self.args.device)
 
@@ -190,19 +195,23 @@ class DistillationTrainer(Trainer):
         """
         labels = inputs.get("labels")
         features = {k: v for k, v in inputs.items() if k not in _LABEL_COLUMNS}
-        outputs = model(**select_arguments(decoder_inputs(model, features, labels), self._student_arguments))
-        with self.accelerator.autocast():
-            teacher_output = run_teacher(self.teacher_model, features, labels)
-        sums = objective_sums(
-            self.kd_objective,
-            model_logits(outputs, "student"),
-            teacher_output.logits,
-            labels,
-            self._position_attention_mask(features),
-            self._shift_labels,
-            vocab_size=self._shared_vocab,
-            require_labels=model.training,
-        )
+        student_inputs = select_arguments(decoder_inputs(model, features, labels), self._student_arguments)
+        if self._use_chunked_loss(model, student_inputs, features, labels):
+            sums, outputs = self._chunked_sums(model, student_inputs, features, labels)
+        else:
+            outputs = model(**student_inputs)
+            with self.accelerator.autocast():
+                teacher_output = run_teacher(self.teacher_model, features, labels)
+            sums = objective_sums(
+                self.kd_objective,
+                model_logits(outputs, "student"),
+                teacher_output.logits,
+                labels,
+                self._position_attention_mask(features),
+                self._shift_labels,
+                vocab_size=self._shared_vocab,
+                require_labels=model.training,
+            )
         self._check_count(sums, inputs, num_items_in_batch)
         (self._train_metrics if model.training else self._eval_metrics).add(sums)
         if num_items_in_batch is None:
@@ -210,6 +219,69 @@ class DistillationTrainer(Trainer):
         else:
             loss = normalize_token_sum(sums.total, num_items_in_batch, self._loss_processes())
         return (loss, outputs) if return_outputs else loss
+
+    # ---- the memory-efficient path: both models' hidden states, never their logits ----
+
+    def _resolve_chunk_size(self) -> int:
+        chunk = distillation_setting(self.args, "kd_chunk_size")
+        token_level_lm = self._shift_labels or is_encoder_decoder(self.model)
+        if (
+            chunk == 0
+            or not token_level_lm
+            or head_module(self.model) is None
+            or head_module(self.teacher_model) is None
+        ):
+            return 0
+        if chunk is None:  # ~64 MiB float32 tiles per model: flat memory in N, near the matmul floor (benchmarks/)
+            vocab = head_module(self.model).weight.shape[0]
+            chunk = 1 << max(5, (2**24 // vocab).bit_length() - 1)
+        return chunk
+
+    def _use_chunked_loss(self, model: nn.Module, student_inputs: dict, features: dict, labels: Any) -> bool:
+        if not self._chunk_size or (not model.training and self._logits_wanted):
+            return False
+        if self._heads_verified is None:
+            self._heads_verified = self._verify_heads(model, student_inputs, features, labels)
+        return self._heads_verified
+
+    def _verify_heads(self, model: nn.Module, student_inputs: dict, features: dict, labels: Any) -> bool:
+        # Once, on one example: projecting the captured hidden states must give each model's own logits, which
+        # catches a post-head transform that `linear_head` does not know. Every process runs the same check.
+        small_labels = None if labels is None else labels[:1]
+        small_student = slice_batch(student_inputs, 1)
+        teacher = self.teacher_model
+        small_teacher = select_arguments(
+            decoder_inputs(teacher, slice_batch(features, 1), small_labels), accepted_arguments(teacher)
+        )
+        ok = head_reproduces_logits(self.model, lambda: model(**small_student)) and head_reproduces_logits(
+            teacher, lambda: teacher(**small_teacher)
+        )
+        if not ok:
+            logger.warning(
+                "The LM heads' outputs do not reproduce the models' logits (an unknown logit transform?); using the "
+                "logits path. Set kd_chunk_size=0 to silence this."
+            )
+        return ok
+
+    def _chunked_sums(self, model: nn.Module, student_inputs: dict, features: dict, labels: Any) -> tuple:
+        with self.accelerator.autocast(), capture_head_input(self.teacher_model) as teacher_hidden:
+            run_teacher(self.teacher_model, features, labels)
+        with capture_head_input(self.model) as student_hidden:
+            outputs = model(**student_inputs)  # the wrapped model: DDP/FSDP hooks and adapters see this forward
+        sums = chunked_objective_sums(
+            self.kd_objective,
+            student_hidden.hidden_states,
+            linear_head(self.model),
+            teacher_hidden.hidden_states,
+            linear_head(self.teacher_model),
+            labels,
+            self._position_attention_mask(features),
+            self._shift_labels,
+            self._chunk_size,
+            vocab_size=self._shared_vocab,
+            require_labels=model.training,
+        )
+        return sums, outputs
 
     def _check_count(self, sums: ObjectiveSums, inputs: dict[str, Any], num_items_in_batch: Any) -> None:
         # The window count was taken before the forward, from the batch alone. Only for a module of unknown kind
@@ -239,6 +311,7 @@ class DistillationTrainer(Trainer):
         if ignore_keys is None:
             ignore_keys = getattr(getattr(self.model, "config", None), "keys_to_ignore_at_inference", [])
         labels = inputs.get("labels")
+        self._logits_wanted = not prediction_loss_only
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
         loss = loss.detach()

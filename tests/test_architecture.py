@@ -16,7 +16,7 @@ MODULES = sorted(glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True))
 LAYERS = [
     {"losses", "logs", "tasks", "assets"},
     {"config", "metrics", "student_init", "recipe", "report"},
-    {"teacher", "data"},
+    {"teacher", "data", "lm_head"},
     {"trainer"},
     {"run", "cli", "__main__", "__init__"},
 ]

@@ -45,7 +45,9 @@ def test_two_processes_match_one_process(tmp_path):
 def test_cli_under_accelerate_launch_with_two_processes(tmp_path):
     save_tiny_teacher(tmp_path / "teacher", tmp_path / "corpus.txt")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, tmp_path / "teacher", per_device_train_batch_size=2, num_train_epochs=1)))
+    recipe.write_text(
+        yaml.safe_dump(tiny_recipe(tmp_path, tmp_path / "teacher", per_device_train_batch_size=2, num_train_epochs=1))
+    )
     result = _run([*LAUNCH_TWO, "-m", "hf_distill", "train", str(recipe)])
     assert result.stdout.count("student after distillation") == 1  # one report, from the main process
     results = json.loads((tmp_path / "student" / "distillation_results.json").read_text())

@@ -36,8 +36,9 @@ def llama(hidden=32, layers=1, vocab=VOCAB):
     return LlamaForCausalLM(config)
 
 
-def t5(d_model=32, layers=1):
+def t5(d_model=32, layers=1, dropout=0.1):
     config = T5Config(
+        dropout_rate=dropout,
         vocab_size=VOCAB,
         d_model=d_model,
         d_kv=8,

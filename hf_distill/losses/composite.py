@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .divergences import DIVERGENCES, per_token_divergence
-from .reduction import align_for_prediction, select_targets
+from .reduction import Targets, align_for_prediction, select_targets
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,73 @@ class ObjectiveSums:
     agreement: torch.Tensor
 
 
+def check_labels(objective: KDObjective, labels: torch.Tensor | None, require_labels: bool) -> None:
+    if objective.ce_weight > 0 and labels is None and require_labels:
+        raise ValueError(
+            f"ce_weight={objective.ce_weight} needs labels, but this batch has no `labels`; add labels to the "
+            "dataset or set ce_weight=0 to train on the KD term alone."
+        )
+
+
+def check_vocab(student_size: int, teacher_size: int, vocab_size: int | None) -> int:
+    """The number of leading entries the two distributions are compared over."""
+    shared = vocab_size or student_size
+    if min(student_size, teacher_size) < shared or (vocab_size is None and student_size != teacher_size):
+        raise ValueError(
+            f"student logits have {student_size} classes and teacher logits {teacher_size}; "
+            "teacher and student must predict the same labels (or vocabulary) in the same order."
+        )
+    return shared
+
+
+def row_sums(
+    objective: KDObjective,
+    student_rows: torch.Tensor,
+    teacher_rows: torch.Tensor,
+    labels: torch.Tensor | None,
+    shared_vocab: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The objective summed over rows that all count: the core shared by the logits and the chunked paths.
+
+    Args:
+        student_rows (`torch.Tensor` of shape `(n, V_s)`): student logits (gradients flow).
+        teacher_rows (`torch.Tensor` of shape `(n, V_t)`): teacher logits.
+        labels (`torch.Tensor` of shape `(n,)`, *optional*): hard labels of the rows.
+        shared_vocab (`int`): compare the distributions over the first `shared_vocab` entries.
+
+    Returns:
+        `(total, kd, ce, agreement)`: 0-dim tensors; `total` carries gradients, the others are detached.
+    """
+    student_kd, teacher_kd = student_rows[:, :shared_vocab], teacher_rows[:, :shared_vocab]
+    kd = (
+        per_token_divergence(
+            student_kd,
+            teacher_kd,
+            loss=objective.kd_loss,
+            temperature=objective.kd_temperature,
+            beta=objective.jsd_beta,
+            skew=objective.skew_alpha,
+        ).sum()
+        * objective.kd_scale
+    )
+    total = objective.kd_weight * kd
+    ce = None
+    if labels is not None:
+        if labels.is_floating_point():
+            raise ValueError(
+                "labels are floating point (regression or multi-label); the CE term needs integer class labels. "
+                "Set ce_weight=0 to distil on the KD term alone."
+            )
+        # With ce_weight = 0 the CE is only logged: keep it out of the autograd graph.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and objective.ce_weight > 0):
+            ce = F.cross_entropy(student_rows.float(), labels, reduction="sum")
+        if objective.ce_weight:
+            total = total + objective.ce_weight * ce
+        ce = ce.detach()
+    agreement = (student_kd.argmax(-1) == teacher_kd.argmax(-1)).sum()
+    return total, kd.detach(), ce, agreement
+
+
 def objective_sums(
     objective: KDObjective,
     student_logits: torch.Tensor,
@@ -115,61 +182,39 @@ def objective_sums(
     Returns:
         `ObjectiveSums`.
     """
-    if objective.ce_weight > 0 and labels is None and require_labels:
-        raise ValueError(
-            f"ce_weight={objective.ce_weight} needs labels, but this batch has no `labels`; add labels to the "
-            "dataset or set ce_weight=0 to train on the KD term alone."
-        )
-    student = align_for_prediction(student_logits, shift_labels)
-    teacher = align_for_prediction(teacher_logits, shift_labels)
-    if student.shape[:-1] != teacher.shape[:-1]:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} cover "
-            "different positions; both models must see the same inputs."
-        )
-    targets = select_targets(student.shape[:-1], labels, attention_mask, shift_labels)
-    student_rows = student.reshape(-1, student.shape[-1]).index_select(0, targets.index)  # (n, V_s)
-    teacher_rows = teacher.reshape(-1, teacher.shape[-1]).index_select(0, targets.index)  # (n, V_t)
-    shared = vocab_size or student_rows.shape[-1]
-    if min(student_rows.shape[-1], teacher_rows.shape[-1]) < shared or (
-        vocab_size is None and student_rows.shape[-1] != teacher_rows.shape[-1]
-    ):
-        raise ValueError(
-            f"student logits have {student_rows.shape[-1]} classes and teacher logits {teacher_rows.shape[-1]}; "
-            "teacher and student must predict the same labels (or vocabulary) in the same order."
-        )
-    student_kd, teacher_kd = student_rows[:, :shared], teacher_rows[:, :shared]
+    check_labels(objective, labels, require_labels)
+    student_rows, teacher_rows, targets = gather_rows(
+        student_logits, teacher_logits, labels, attention_mask, shift_labels
+    )
+    shared = check_vocab(student_rows.shape[-1], teacher_rows.shape[-1], vocab_size)
+    total, kd, ce, agreement = row_sums(objective, student_rows, teacher_rows, targets.labels, shared)
+    return ObjectiveSums(total, kd, ce, targets.index.new_tensor(targets.index.numel()), agreement)
 
-    kd = (
-        per_token_divergence(
-            student_kd,
-            teacher_kd,
-            loss=objective.kd_loss,
-            temperature=objective.kd_temperature,
-            beta=objective.jsd_beta,
-            skew=objective.skew_alpha,
-        ).sum()
-        * objective.kd_scale
-    )
-    total = objective.kd_weight * kd
-    ce = None
-    if targets.labels is not None:
-        if targets.labels.is_floating_point():
-            raise ValueError(
-                "labels are floating point (regression or multi-label); the CE term needs integer class labels. "
-                "Set ce_weight=0 to distil on the KD term alone."
-            )
-        # With ce_weight = 0 the CE is only logged: keep it out of the autograd graph.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and objective.ce_weight > 0):
-            ce = F.cross_entropy(student_rows.float(), targets.labels, reduction="sum")
-        if objective.ce_weight:
-            total = total + objective.ce_weight * ce
-        ce = ce.detach()
-    agreement = (student_kd.argmax(-1) == teacher_kd.argmax(-1)).sum()
-    return ObjectiveSums(
-        total=total,
-        kd=kd.detach(),
-        ce=ce,
-        num_targets=targets.index.new_tensor(targets.index.numel()),
-        agreement=agreement,
-    )
+
+def gather_rows(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    shift_labels: bool,
+) -> tuple[torch.Tensor, torch.Tensor, Targets]:
+    """The rows of both models' per-position tensors (logits or hidden states) at the positions that count.
+
+    Args:
+        student (`torch.Tensor` of shape `(B, T, D_s)` or `(B, D_s)`).
+        teacher (`torch.Tensor` of shape `(B, T, D_t)` or `(B, D_t)`).
+
+    Returns:
+        `(student_rows (n, D_s), teacher_rows (n, D_t), targets)`.
+    """
+    student_aligned = align_for_prediction(student, shift_labels)
+    teacher_aligned = align_for_prediction(teacher, shift_labels)
+    if student_aligned.shape[:-1] != teacher_aligned.shape[:-1]:
+        raise ValueError(
+            f"student outputs {tuple(student.shape)} and teacher outputs {tuple(teacher.shape)} cover different "
+            "positions; both models must see the same inputs."
+        )
+    targets = select_targets(student_aligned.shape[:-1], labels, attention_mask, shift_labels)
+    student_rows = student_aligned.reshape(-1, student_aligned.shape[-1]).index_select(0, targets.index)
+    teacher_rows = teacher_aligned.reshape(-1, teacher_aligned.shape[-1]).index_select(0, targets.index)
+    return student_rows, teacher_rows, targets

@@ -1,0 +1,159 @@
+"""The distillation objective from final hidden states, one token chunk at a time, so that neither model's full
+`(N, V)` logits ever exist.
+
+For each chunk of `C` positions the student's and the teacher's logits `(C, V)` are projected through their heads,
+the objective of that chunk is computed by the same `row_sums` as the logits path (so every registered divergence,
+the temperature, T², the CE term and the shared-vocabulary rule are identical), and the chunk's gradients with
+respect to the student's hidden states and head are computed at once. Only the gradients are kept: `(N, H)` for the
+hidden states and `(V, H)` for the head weight, which the backward pass hands on. Peak memory is a few `(C, V)` tiles
+whatever N is. (Liger-Kernel's fused linear losses use the same "gradient in forward" idea.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .composite import KDObjective, ObjectiveSums, check_labels, check_vocab, gather_rows, row_sums
+
+
+@dataclass
+class LinearHead:
+    """A linear LM head and the logit transforms its model applies after it.
+
+    `logits = softcap · tanh(logit_scale · (h @ weight.T + bias) / softcap)` (the tanh part only when `softcap` is
+    set). Covers tied embeddings (pass the embedding matrix), a head bias, logit scaling (Cohere's `logit_scale`,
+    Granite's `1 / logits_scaling`) and final logit soft-capping (Gemma 2/3).
+
+    Attributes:
+        weight (`torch.Tensor` of shape `(V, H)`), bias (`torch.Tensor` of shape `(V,)`, *optional*),
+        logit_scale (`float`), softcap (`float`, *optional*).
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+    logit_scale: float = 1.0
+    softcap: float | None = None
+
+    def linear(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`(C, H)` -> `(C, V)` before the transforms, in the head's dtype."""
+        out = hidden.to(self.weight.dtype) @ self.weight.t()
+        return out if self.bias is None else out + self.bias
+
+    def transform(self, linear_out: torch.Tensor) -> torch.Tensor:
+        """The model's post-head logit transforms, in float32."""
+        logits = linear_out.float()
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+class _ChunkedObjective(torch.autograd.Function):
+    """Forward computes the sums and, chunk by chunk, the gradients; backward only scales the stored gradients."""
+
+    @staticmethod
+    def forward(ctx, student_hidden, weight, bias, teacher_hidden, labels, config):
+        # student_hidden (n, H_s), weight (V_s, H_s), bias (V_s,) or None, teacher_hidden (n, H_t), labels (n,) or None
+        objective, student_head, teacher_head, shared, chunk_size, want = config
+        head = LinearHead(weight, bias, student_head.logit_scale, student_head.softcap)
+        device, n = student_hidden.device, student_hidden.shape[0]
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # total, kd, ce, agreement
+        grad_hidden = torch.zeros_like(student_hidden) if want["hidden"] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want["weight"] else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if want["bias"] else None
+        need_grad = any(want.values())
+        for start in range(0, n, chunk_size):
+            hidden = student_hidden[start : start + chunk_size]  # (C, H_s)
+            teacher_logits = teacher_head.transform(teacher_head.linear(teacher_hidden[start : start + chunk_size]))
+            # A float32 leaf: the chunk's gradient is taken with respect to the head's output, then pushed through
+            # the two matmuls by hand, which is cheaper than autograd through the projection.
+            linear_out = head.linear(hidden).float().requires_grad_(need_grad)  # (C, V_s)
+            with torch.enable_grad():
+                total, kd, ce, agreement = row_sums(
+                    objective,
+                    head.transform(linear_out),
+                    teacher_logits,
+                    None if labels is None else labels[start : start + chunk_size],
+                    shared,
+                )
+                grad_out = torch.autograd.grad(total, linear_out)[0] if need_grad else None  # (C, V_s)
+            sums += torch.stack(
+                [total.detach(), kd, torch.zeros_like(kd) if ce is None else ce, agreement.to(kd)]
+            ).double()
+            if grad_out is None:
+                continue
+            if grad_hidden is not None:
+                grad_hidden[start : start + chunk_size] = grad_out.to(weight.dtype) @ weight  # (C, H_s)
+            if grad_weight is not None:
+                if weight.dtype == torch.float32:
+                    grad_weight.addmm_(grad_out.t(), hidden)  # (V_s, H_s), in place: no (V, H) temporary
+                else:
+                    grad_weight += (grad_out.t().to(weight.dtype) @ hidden.to(weight.dtype)).float()
+            if grad_bias is not None:
+                grad_bias += grad_out.sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (student_hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return sums.float()
+
+    @staticmethod
+    def backward(ctx, grad_sums):
+        grad_total = grad_sums[0]
+        grads = [None if g is None else (g * grad_total).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
+        return grads[0], grads[1], grads[2], None, None, None
+
+
+def chunked_objective_sums(
+    objective: KDObjective,
+    student_hidden: torch.Tensor,
+    student_head: LinearHead,
+    teacher_hidden: torch.Tensor,
+    teacher_head: LinearHead,
+    labels: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    shift_labels: bool,
+    chunk_size: int,
+    vocab_size: int | None = None,
+    require_labels: bool = True,
+) -> ObjectiveSums:
+    """`objective_sums` from final hidden states and LM heads, without materialising either model's logits.
+
+    Args:
+        objective (`KDObjective`): what to compute.
+        student_hidden (`torch.Tensor` of shape `(B, T, H_s)`): input of the student's head, with gradients.
+        student_head (`LinearHead`): the student's head; gradients reach `weight` and `bias` when they require them.
+        teacher_hidden (`torch.Tensor` of shape `(B, T, H_t)`): input of the teacher's head.
+        teacher_head (`LinearHead`): the teacher's head.
+        labels, attention_mask, shift_labels, vocab_size, require_labels: as in `objective_sums`.
+        chunk_size (`int`): positions per chunk; peak memory is a few `(chunk_size, V)` float32 tiles.
+
+    Returns:
+        `ObjectiveSums`, equal to `objective_sums` on the projected logits up to float rounding.
+    """
+    check_labels(objective, labels, require_labels)
+    student_rows, teacher_rows, targets = gather_rows(
+        student_hidden, teacher_hidden, labels, attention_mask, shift_labels
+    )
+    shared = check_vocab(student_head.weight.shape[0], teacher_head.weight.shape[0], vocab_size)
+    if chunk_size < 1:
+        raise ValueError(f"kd_chunk_size={chunk_size} must be >= 1 here (0 selects the logits path upstream).")
+    grad_enabled = torch.is_grad_enabled()
+    want = {
+        "hidden": grad_enabled and student_rows.requires_grad,
+        "weight": grad_enabled and student_head.weight.requires_grad,
+        "bias": grad_enabled and student_head.bias is not None and student_head.bias.requires_grad,
+    }
+    config = (objective, student_head, teacher_head, shared, chunk_size, want)
+    sums = _ChunkedObjective.apply(
+        student_rows, student_head.weight, student_head.bias, teacher_rows.detach(), targets.labels, config
+    )
+    total, kd, ce, agreement = sums[0], sums[1].detach(), sums[2].detach(), sums[3].detach().long()
+    return ObjectiveSums(
+        total=total,
+        kd=kd,
+        ce=None if targets.labels is None else ce,
+        num_targets=targets.index.new_tensor(targets.index.numel()),
+        agreement=agreement,
+    )
