@@ -2,9 +2,10 @@
 `(N, V)` logits ever exist.
 
 For each chunk of `C` positions the student's and the teacher's logits `(C, V)` are projected through their heads,
-the objective of that chunk is computed by the same `row_sums` as the logits path (so every registered divergence,
-the temperature, T², the CE term and the shared-vocabulary rule are identical), and the chunk's gradients with
-respect to the student's hidden states and head are computed at once. Only the gradients are kept: `(N, H)` for the
+the objective of that chunk and its gradient wrt the student's logits are computed in closed form
+(`row_sums_and_grad`: every registered divergence, the temperature, T², the CE term and the shared-vocabulary rule,
+tested equal to autograd of the logits path), and pushed through the head by hand to the student's hidden states
+and head weight at once. Only the gradients are kept: `(N, H)` for the
 hidden states and `(V, H)` for the head weight, which the backward pass hands on. Peak memory is a few `(C, V)` tiles
 whatever N is. (Liger-Kernel's fused linear losses use the same "gradient in forward" idea.)
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .composite import KDObjective, ObjectiveSums, check_labels, check_vocab, gather_rows, row_sums
+from .composite import KDObjective, ObjectiveSums, check_labels, check_vocab, gather_rows, row_sums_and_grad
 
 
 @dataclass
@@ -50,6 +51,14 @@ class LinearHead:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
+    def transform_grad(self, logits: torch.Tensor, grad_logits: torch.Tensor) -> torch.Tensor:
+        """Chain rule through `transform`, in place on `grad_logits`: d logits / d linear_out, given the logits."""
+        if self.softcap is not None:  # d/dx c·tanh(x/c) = 1 − tanh² = 1 − (logits/c)²
+            grad_logits.mul_(1 - (logits / self.softcap).square())
+        if self.logit_scale != 1.0:
+            grad_logits.mul_(self.logit_scale)
+        return grad_logits
+
 
 class _ChunkedObjective(torch.autograd.Function):
     """Forward computes the sums and, chunk by chunk, the gradients; backward only scales the stored gradients."""
@@ -64,27 +73,21 @@ class _ChunkedObjective(torch.autograd.Function):
         grad_hidden = torch.zeros_like(student_hidden) if want["hidden"] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want["weight"] else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if want["bias"] else None
-        need_grad = any(want.values())
         for start in range(0, n, chunk_size):
             hidden = student_hidden[start : start + chunk_size]  # (C, H_s)
             teacher_logits = teacher_head.transform(teacher_head.linear(teacher_hidden[start : start + chunk_size]))
-            # A float32 leaf: the chunk's gradient is taken with respect to the head's output, then pushed through
-            # the two matmuls by hand, which is cheaper than autograd through the projection.
-            linear_out = head.linear(hidden).float().requires_grad_(need_grad)  # (C, V_s)
-            with torch.enable_grad():
-                total, kd, ce, agreement = row_sums(
-                    objective,
-                    head.transform(linear_out),
-                    teacher_logits,
-                    None if labels is None else labels[start : start + chunk_size],
-                    shared,
-                )
-                grad_out = torch.autograd.grad(total, linear_out)[0] if need_grad else None  # (C, V_s)
-            sums += torch.stack(
-                [total.detach(), kd, torch.zeros_like(kd) if ce is None else ce, agreement.to(kd)]
-            ).double()
-            if grad_out is None:
+            student_logits = head.transform(head.linear(hidden))  # (C, V_s) float32
+            total, kd, ce, agreement, grad_logits = row_sums_and_grad(
+                objective,
+                student_logits,
+                teacher_logits,
+                None if labels is None else labels[start : start + chunk_size],
+                shared,
+            )
+            sums += torch.stack([total, kd, torch.zeros_like(kd) if ce is None else ce, agreement.to(kd)]).double()
+            if not any(want.values()):
                 continue
+            grad_out = head.transform_grad(student_logits, grad_logits)  # (C, V_s): d total / d (h @ W.T + b)
             if grad_hidden is not None:
                 grad_hidden[start : start + chunk_size] = grad_out.to(weight.dtype) @ weight  # (C, H_s)
             if grad_weight is not None:
@@ -96,12 +99,18 @@ class _ChunkedObjective(torch.autograd.Function):
                 grad_bias += grad_out.sum(0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (student_hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.consumed = False
         return sums.float()
 
     @staticmethod
     def backward(ctx, grad_sums):
+        if ctx.consumed:
+            raise RuntimeError("The chunked distillation loss can be backpropagated once (its gradients are reused).")
+        ctx.consumed = True
         grad_total = grad_sums[0]
-        grads = [None if g is None else (g * grad_total).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
+        # Scaled in place and handed on: a second (V, H) copy of the head's gradient would cost as much memory as
+        # the head itself.
+        grads = [None if g is None else g.mul_(grad_total).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
         return grads[0], grads[1], grads[2], None, None, None
 
 

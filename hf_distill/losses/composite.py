@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .divergences import DIVERGENCES, per_token_divergence
+from .divergences import DIVERGENCES, divergence_and_grad, per_token_divergence
 from .reduction import Targets, align_for_prediction, select_targets
 
 
@@ -153,6 +153,53 @@ def row_sums(
         ce = ce.detach()
     agreement = (student_kd.argmax(-1) == teacher_kd.argmax(-1)).sum()
     return total, kd.detach(), ce, agreement
+
+
+def row_sums_and_grad(
+    objective: KDObjective,
+    student_rows: torch.Tensor,
+    teacher_rows: torch.Tensor,
+    labels: torch.Tensor | None,
+    shared_vocab: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """`row_sums` and d(total)/d(student_rows) in closed form, without autograd (the chunked path's core).
+
+    Returns:
+        `(total, kd, ce, agreement, grad)` with `grad` `(n, V_s)` float32.
+    """
+    value, grad_kd, log_ps = divergence_and_grad(
+        student_rows[:, :shared_vocab],
+        teacher_rows[:, :shared_vocab],
+        loss=objective.kd_loss,
+        temperature=objective.kd_temperature,
+        beta=objective.jsd_beta,
+        skew=objective.skew_alpha,
+    )
+    kd = value.sum() * objective.kd_scale
+    total = objective.kd_weight * kd
+    grad_kd.mul_(objective.kd_weight * objective.kd_scale)
+    if shared_vocab == student_rows.shape[-1]:
+        grad = grad_kd
+    else:  # padding rows of the student's head get no KD gradient
+        grad = grad_kd.new_zeros(student_rows.shape)
+        grad[:, :shared_vocab] = grad_kd
+    ce = None
+    if labels is not None:
+        if labels.is_floating_point():
+            raise ValueError(
+                "labels are floating point (regression or multi-label); the CE term needs integer class labels. "
+                "Set ce_weight=0 to distil on the KD term alone."
+            )
+        reuse = objective.kd_temperature == 1.0 and shared_vocab == student_rows.shape[-1]
+        log_probs = log_ps if reuse else torch.log_softmax(student_rows.float(), dim=-1)
+        ce = -log_probs.gather(1, labels[:, None]).sum()
+        if objective.ce_weight:
+            total = total + objective.ce_weight * ce
+            # d CE / d logits = softmax − one-hot
+            grad.add_(log_probs.exp(), alpha=objective.ce_weight)
+            grad.scatter_add_(1, labels[:, None], grad.new_full((labels.shape[0], 1), -objective.ce_weight))
+    agreement = (student_rows[:, :shared_vocab].argmax(-1) == teacher_rows[:, :shared_vocab].argmax(-1)).sum()
+    return total, kd, ce, agreement, grad
 
 
 def objective_sums(
