@@ -62,10 +62,15 @@ def _step(variant: str, h_s, h_t, w_s, w_t, temperature: float, beta: float, chu
         from hf_distill.losses import KDObjective
         from hf_distill.losses.chunked import LinearHead, chunked_objective_sums
 
-        objective = KDObjective(kd_loss="forward_kl" if beta == 0 else "jsd", kd_temperature=temperature,
-                                kd_temperature_scaling=False, jsd_beta=beta)
-        sums = chunked_objective_sums(objective, h_s[None], LinearHead(w_s), h_t[None], LinearHead(w_t), None, None,
-                                      False, chunk)
+        objective = KDObjective(
+            kd_loss="forward_kl" if beta == 0 else "jsd",
+            kd_temperature=temperature,
+            kd_temperature_scaling=False,
+            jsd_beta=beta,
+        )
+        sums = chunked_objective_sums(
+            objective, h_s[None], LinearHead(w_s), h_t[None], LinearHead(w_t), None, None, False, chunk
+        )
         loss = sums.total
     elif variant == "trl":
         from trl.kernels.chunked_divergence import ChunkedDivergenceFunction

@@ -48,20 +48,22 @@ def _llama(hidden: int, layers: int, vocab: int):
     return LlamaForCausalLM(config)
 
 
-def _child(variant: str, vocab: int, repeats: int) -> None:
+def _child(variant: str, vocab: int, repeats: int, seq_len: int) -> None:
     import torch
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     student, teacher = _llama(256, 4, vocab), _llama(512, 6, vocab)
-    ids = torch.randint(0, vocab, (4, 512))
+    ids = torch.randint(0, vocab, (4, seq_len))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
     if variant in ("naive_kd", "hf_distill"):
         from hf_distill import DistillationConfig, DistillationTrainer
 
         with tempfile.TemporaryDirectory() as out:
-            args = DistillationConfig(output_dir=out, report_to=[], use_cpu=True, kd_chunk_size=0 if variant == "naive_kd" else None)
+            args = DistillationConfig(
+                output_dir=out, report_to=[], use_cpu=True, kd_chunk_size=0 if variant == "naive_kd" else None
+            )
             trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
         optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
 
@@ -96,8 +98,9 @@ def _child(variant: str, vocab: int, repeats: int) -> None:
     print(json.dumps({"variant": variant, "time": statistics.median(times), "peak_mb": peak}))
 
 
-def _run(variant: str, vocab: int, repeats: int) -> dict:
+def _run(variant: str, vocab: int, repeats: int, seq_len: int) -> dict:
     command = [sys.executable, __file__, "--child", variant, "--vocab", str(vocab), "--repeats", str(repeats)]
+    command += ["--seq-len", str(seq_len)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -109,15 +112,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vocab", type=int, nargs="*", default=[32768, 131072])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return _child(args.child, args.vocab[0], args.repeats)
-    print(f"One step, 4 × 512 tokens, CPU, 1 thread, median of {args.repeats}\n")
+        return _child(args.child, args.vocab[0], args.repeats, args.seq_len)
+    print(f"One step, 4 × {args.seq_len} tokens, CPU, 1 thread, median of {args.repeats}\n")
     print("| V | variant | time | time / (student CE step + teacher forward) | peak | peak / student CE step peak |")
     print("|---|---|---|---|---|---|")
     for vocab in args.vocab:
-        rows = {variant: _run(variant, vocab, args.repeats) for variant in VARIANTS}
+        rows = {variant: _run(variant, vocab, args.repeats, args.seq_len) for variant in VARIANTS}
         floor = rows["student_ce"]["time"] + rows["teacher_forward"]["time"]
         for variant, row in rows.items():
             print(

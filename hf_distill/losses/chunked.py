@@ -76,18 +76,22 @@ class _ChunkedObjective(torch.autograd.Function):
         for start in range(0, n, chunk_size):
             hidden = student_hidden[start : start + chunk_size]  # (C, H_s)
             teacher_logits = teacher_head.transform(teacher_head.linear(teacher_hidden[start : start + chunk_size]))
-            student_logits = head.transform(head.linear(hidden))  # (C, V_s) float32
-            total, kd, ce, agreement, grad_logits = row_sums_and_grad(
+            student_logits = head.transform(head.linear(hidden))  # (C, V_s) float32, freshly allocated
+            total, kd, ce, agreement, grad_out = row_sums_and_grad(
                 objective,
                 student_logits,
                 teacher_logits,
                 None if labels is None else labels[start : start + chunk_size],
                 shared,
+                # Both tiles are this loop's own; the student's is kept intact only when soft-capping needs it.
+                overwrite=head.softcap is None,
             )
+            del teacher_logits
             sums += torch.stack([total, kd, torch.zeros_like(kd) if ce is None else ce, agreement.to(kd)]).double()
             if not any(want.values()):
                 continue
-            grad_out = head.transform_grad(student_logits, grad_logits)  # (C, V_s): d total / d (h @ W.T + b)
+            grad_out = head.transform_grad(student_logits, grad_out)  # (C, V_s): d total / d (h @ W.T + b)
+            del student_logits
             if grad_hidden is not None:
                 grad_hidden[start : start + chunk_size] = grad_out.to(weight.dtype) @ weight  # (C, H_s)
             if grad_weight is not None:
@@ -97,6 +101,7 @@ class _ChunkedObjective(torch.autograd.Function):
                     grad_weight += (grad_out.t().to(weight.dtype) @ hidden.to(weight.dtype)).float()
             if grad_bias is not None:
                 grad_bias += grad_out.sum(0)
+            del grad_out  # before the next chunk allocates its tiles
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (student_hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.consumed = False
@@ -110,7 +115,9 @@ class _ChunkedObjective(torch.autograd.Function):
         grad_total = grad_sums[0]
         # Scaled in place and handed on: a second (V, H) copy of the head's gradient would cost as much memory as
         # the head itself.
-        grads = [None if g is None else g.mul_(grad_total).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
+        grads = [
+            None if g is None else g.mul_(grad_total).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)
+        ]
         return grads[0], grads[1], grads[2], None, None, None
 
 

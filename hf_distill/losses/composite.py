@@ -161,12 +161,19 @@ def row_sums_and_grad(
     teacher_rows: torch.Tensor,
     labels: torch.Tensor | None,
     shared_vocab: int,
+    overwrite: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """`row_sums` and d(total)/d(student_rows) in closed form, without autograd (the chunked path's core).
+
+    With `overwrite`, both float32 logits tensors are reused as scratch space (see `divergence_and_grad`).
 
     Returns:
         `(total, kd, ce, agreement, grad)` with `grad` `(n, V_s)` float32.
     """
+    agreement = (student_rows[:, :shared_vocab].argmax(-1) == teacher_rows[:, :shared_vocab].argmax(-1)).sum()
+    reuse = objective.kd_temperature == 1.0 and shared_vocab == student_rows.shape[-1]
+    if labels is not None and not reuse:  # the CE needs the raw student logits before they are overwritten
+        log_probs_t1 = torch.log_softmax(student_rows.float(), dim=-1)
     value, grad_kd, log_ps = divergence_and_grad(
         student_rows[:, :shared_vocab],
         teacher_rows[:, :shared_vocab],
@@ -174,6 +181,7 @@ def row_sums_and_grad(
         temperature=objective.kd_temperature,
         beta=objective.jsd_beta,
         skew=objective.skew_alpha,
+        overwrite=overwrite,
     )
     kd = value.sum() * objective.kd_scale
     total = objective.kd_weight * kd
@@ -190,15 +198,13 @@ def row_sums_and_grad(
                 "labels are floating point (regression or multi-label); the CE term needs integer class labels. "
                 "Set ce_weight=0 to distil on the KD term alone."
             )
-        reuse = objective.kd_temperature == 1.0 and shared_vocab == student_rows.shape[-1]
-        log_probs = log_ps if reuse else torch.log_softmax(student_rows.float(), dim=-1)
+        log_probs = log_ps if reuse else log_probs_t1
         ce = -log_probs.gather(1, labels[:, None]).sum()
         if objective.ce_weight:
             total = total + objective.ce_weight * ce
             # d CE / d logits = softmax − one-hot
             grad.add_(log_probs.exp(), alpha=objective.ce_weight)
             grad.scatter_add_(1, labels[:, None], grad.new_full((labels.shape[0], 1), -objective.ce_weight))
-    agreement = (student_rows[:, :shared_vocab].argmax(-1) == teacher_rows[:, :shared_vocab].argmax(-1)).sum()
     return total, kd, ce, agreement, grad
 
 

@@ -179,12 +179,16 @@ def per_token_divergence(
 # near the matmul floor. Each is tested against autograd of the function above it (tests/test_losses.py).
 
 
-def _prepared(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _prepared(logits: torch.Tensor, temperature: float, overwrite: bool) -> torch.Tensor:
+    """Log-probabilities at `temperature`; with `overwrite`, computed in the float32 `logits` tensor itself, so a
+    chunk keeps one (C, V) tile per model fewer alive."""
+    if overwrite and logits.dtype == torch.float32:
+        # Logits of a linear head over finite weights are finite, so the -inf guard below is not needed here.
+        z = logits.div_(temperature) if temperature != 1.0 else logits
+        z.sub_(z.amax(-1, keepdim=True))
+        return z.sub_(z.exp().sum(-1, keepdim=True).log_())
     z = logits.float()
-    if temperature != 1.0:
-        z = z / temperature
-    log_p = torch.log_softmax(z, dim=-1).clamp_min_(_FLOAT32_MIN)
-    return log_p, log_p.exp()
+    return torch.log_softmax(z / temperature if temperature != 1.0 else z, dim=-1).clamp_min_(_FLOAT32_MIN)
 
 
 def _through_softmax(p: torch.Tensor, grad_p: torch.Tensor) -> torch.Tensor:
@@ -200,6 +204,7 @@ def divergence_and_grad(
     temperature: float = 1.0,
     beta: float = 0.5,
     skew: float = 0.1,
+    overwrite: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`per_token_divergence` and its gradient wrt the student logits, in closed form.
 
@@ -207,6 +212,9 @@ def divergence_and_grad(
         student_logits (`torch.Tensor` of shape `(N, V)`), teacher_logits (`torch.Tensor` of shape `(N, V)`):
             logits; no autograd graph is built.
         loss, temperature, beta, skew: as in `per_token_divergence`.
+        overwrite (`bool`, *optional*, defaults to `False`): the caller owns both float32 logits tensors and lets
+            them be overwritten with log-probabilities (saves memory; their contents are undefined afterwards).
+            Only for finite logits (those of a linear head): the `-inf` guard is skipped.
 
     Returns:
         `(value, grad, student_log_probs)`: `value` `(N,)` float32 equals `per_token_divergence`; `grad` `(N, V)`
@@ -219,12 +227,21 @@ def divergence_and_grad(
         loss = "forward_kl" if beta == 0.0 else "reverse_kl"
     if loss.startswith("skew_") and skew == 0.0:
         loss = loss[len("skew_") :]
-    log_ps, p_s = _prepared(student_logits, temperature)
-    log_pt, p_t = _prepared(teacher_logits, temperature)
-    if loss == "forward_kl":
-        grad = p_s - p_t
-        value = log_pt.sub_(log_ps).mul_(p_t).sum(-1)  # in place: log_pt is not needed again
-    elif loss == "reverse_kl":
+    log_ps = _prepared(student_logits, temperature, overwrite)
+    log_pt = _prepared(teacher_logits, temperature, overwrite)
+    p_t = log_pt.exp()
+    if loss == "forward_kl":  # the default: three (N, V) tiles alive at most
+        if overwrite:
+            value = log_pt.sub_(log_ps).mul_(p_t).sum(-1)
+            grad = torch.exp(log_ps, out=log_pt).sub_(p_t)  # the teacher's tile, free again, holds p_s − p_t
+        else:
+            value = (p_t * (log_pt - log_ps)).sum(-1)
+            grad = log_ps.exp().sub_(p_t)
+        if temperature != 1.0:
+            grad = grad.div_(temperature)
+        return value, grad, log_ps
+    p_s = log_ps.exp()
+    if loss == "reverse_kl":
         gap = log_ps - log_pt
         value = (p_s * gap).sum(-1)
         grad = gap.sub_(value[:, None]).mul_(p_s)

@@ -1,0 +1,33 @@
+"""The benchmark scripts keep running (on tiny shapes) and their variants agree with the naive loss.
+
+Timings are printed by the scripts, never asserted here.
+"""
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(script, *args):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", script), *args], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_bench_kd_loss_runs_and_every_variant_agrees_with_naive():
+    out = _run("bench_kd_loss.py", "--shapes", "64,16,300", "--repeats", "1", "--chunk", "7", "--beta", "0.5")
+    rows = [line for line in out.splitlines() if line.startswith("| 64,16,300 |")]
+    variants = {row.split("|")[2].strip(): row for row in rows}
+    assert {"naive", "hf_distill", "trl", "gemm_floor"} <= set(variants)
+    for name in ("hf_distill", "trl"):
+        error = float(variants[name].rstrip(" |").split("|")[-1])
+        assert error < 1e-4, variants[name]
+
+
+def test_bench_step_runs():
+    out = _run("bench_step.py", "--vocab", "512", "--repeats", "1", "--seq-len", "32")
+    assert sum(line.startswith("| 512 |") for line in out.splitlines()) == 4
