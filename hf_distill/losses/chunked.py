@@ -96,28 +96,28 @@ class _ChunkedObjective(torch.autograd.Function):
                 grad_hidden[start : start + chunk_size] = grad_out.to(weight.dtype) @ weight  # (C, H_s)
             if grad_weight is not None:
                 if weight.dtype == torch.float32:
-                    grad_weight.addmm_(grad_out.t(), hidden)  # (V_s, H_s), in place: no (V, H) temporary
+                    grad_weight.addmm_(grad_out.t(), hidden.to(torch.float32))  # (V_s, H_s), in place
                 else:
                     grad_weight += (grad_out.t().to(weight.dtype) @ hidden.to(weight.dtype)).float()
             if grad_bias is not None:
                 grad_bias += grad_out.sum(0)
             del grad_out  # before the next chunk allocates its tiles
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        # Kept on ctx rather than saved for backward (they are neither inputs nor outputs), so that backward can let
+        # go of them: autograd then adopts each as the parameter's `.grad` instead of copying it.
+        ctx.grads = [grad_hidden, grad_weight, grad_bias]
         ctx.dtypes = (student_hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-        ctx.consumed = False
         return sums.float()
 
     @staticmethod
     def backward(ctx, grad_sums):
-        if ctx.consumed:
+        if ctx.grads is None:
             raise RuntimeError("The chunked distillation loss can be backpropagated once (its gradients are reused).")
-        ctx.consumed = True
+        stored, ctx.grads = ctx.grads, None
         grad_total = grad_sums[0]
         # Scaled in place and handed on: a second (V, H) copy of the head's gradient would cost as much memory as
         # the head itself.
-        grads = [
-            None if g is None else g.mul_(grad_total).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)
-        ]
+        grads = [None if g is None else g.mul_(grad_total).to(dtype) for g, dtype in zip(stored, ctx.dtypes)]
+        del stored
         return grads[0], grads[1], grads[2], None, None, None
 
 
