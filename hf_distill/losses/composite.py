@@ -107,6 +107,14 @@ def check_vocab(student_size: int, teacher_size: int, vocab_size: int | None) ->
     return shared
 
 
+def _check_class_labels(labels: torch.Tensor) -> None:
+    if labels.is_floating_point():
+        raise ValueError(
+            "labels are floating point (regression or multi-label); the CE term needs integer class labels. "
+            "Set ce_weight=0 to distil on the KD term alone."
+        )
+
+
 def row_sums(
     objective: KDObjective,
     student_rows: torch.Tensor,
@@ -140,11 +148,7 @@ def row_sums(
     total = objective.kd_weight * kd
     ce = None
     if labels is not None:
-        if labels.is_floating_point():
-            raise ValueError(
-                "labels are floating point (regression or multi-label); the CE term needs integer class labels. "
-                "Set ce_weight=0 to distil on the KD term alone."
-            )
+        _check_class_labels(labels)
         # With ce_weight = 0 the CE is only logged: keep it out of the autograd graph.
         with torch.set_grad_enabled(torch.is_grad_enabled() and objective.ce_weight > 0):
             ce = F.cross_entropy(student_rows.float(), labels, reduction="sum")
@@ -193,11 +197,7 @@ def row_sums_and_grad(
         grad[:, :shared_vocab] = grad_kd
     ce = None
     if labels is not None:
-        if labels.is_floating_point():
-            raise ValueError(
-                "labels are floating point (regression or multi-label); the CE term needs integer class labels. "
-                "Set ce_weight=0 to distil on the KD term alone."
-            )
+        _check_class_labels(labels)
         log_probs = log_ps if reuse else log_probs_t1
         ce = -log_probs.gather(1, labels[:, None]).sum()
         if objective.ce_weight:
