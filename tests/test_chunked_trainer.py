@@ -158,3 +158,14 @@ def test_compute_metrics_still_gets_language_model_logits(tmp_path):
 def test_negative_chunk_size_is_refused(tmp_path):
     with pytest.raises(ValueError, match="kd_chunk_size=-1 must be >= 0"):
         DistillationConfig(output_dir=str(tmp_path), kd_chunk_size=-1)
+
+
+# peft 0.21 reads `is_gradient_checkpointing`, which transformers 5.24 deprecates; not ours to fix here.
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_adapter_wrapped_head_keeps_the_logits_path(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    student = get_peft_model(llama(32, 1), LoraConfig(r=2, target_modules=["lm_head", "q_proj"]))
+    assert _trainer(tmp_path, student, llama(64, 2), None)._chunk_size == 0
+    plain = get_peft_model(llama(32, 1), LoraConfig(r=2, target_modules=["q_proj"]))  # head untouched
+    assert _trainer(tmp_path, plain, llama(64, 2), None)._chunk_size > 0
