@@ -169,3 +169,16 @@ def test_adapter_wrapped_head_keeps_the_logits_path(tmp_path):
     assert _trainer(tmp_path, student, llama(64, 2), None)._chunk_size == 0
     plain = get_peft_model(llama(32, 1), LoraConfig(r=2, target_modules=["q_proj"]))  # head untouched
     assert _trainer(tmp_path, plain, llama(64, 2), None)._chunk_size > 0
+
+
+def test_linear_head_reads_the_logit_transforms_from_the_config():
+    from hf_distill.lm_head import linear_head
+
+    model = llama(32, 1)
+    assert (linear_head(model).logit_scale, linear_head(model).softcap) == (1.0, None)
+    model.config.logit_scale = 0.5  # Cohere multiplies the logits
+    assert linear_head(model).logit_scale == 0.5
+    del model.config.logit_scale
+    model.config.logits_scaling = 4.0  # Granite divides them
+    assert linear_head(model).logit_scale == 0.25
+    assert linear_head(gemma2()).softcap == 3.0
