@@ -6,7 +6,7 @@
 
 Every variant runs in its own process with one torch thread (`OMP_NUM_THREADS=1`); time is the median over repeats
 of forward + backward (loss, grad wrt student hidden states and student head weight); peak memory is the process's
-peak RSS minus its RSS once the inputs exist. "GEMM floor" is the four matmuls no implementation can avoid (student
+peak RSS (high-water mark reset once the inputs exist) minus its RSS then. "GEMM floor" is the four matmuls no implementation can avoid (student
 and teacher projections, grad wrt hidden states, grad wrt head weight), timed alone with hf_distill's chunking.
 Agreement is the largest relative difference of loss and gradients to the naive float32 result.
 """
@@ -16,25 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+from process_memory import peak_mb, reset_peak
+
 VARIANTS = ["naive", "hf_distill", "trl", "liger", "gemm_floor"]
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _inputs(n: int, hidden: int, vocab: int):
@@ -84,15 +73,17 @@ def _step(variant: str, h_s, h_t, w_s, w_t, temperature: float, beta: float, chu
         labels = torch.zeros(h_s.shape[0], dtype=torch.long)
         loss = fn(h_s, w_s, h_t, w_t, labels) * h_s.shape[0]
     elif variant == "gemm_floor":
-        grad_w = torch.zeros_like(w_s)
+        grad_w = None
         grad_h = torch.empty_like(h_s)
+        # The same reusable output tiles as hf_distill's loop, so the floor pays no allocation either.
+        s_tile, t_tile = torch.empty(chunk, w_s.shape[0]), torch.empty(chunk, w_t.shape[0])
         with torch.no_grad():
             for start in range(0, h_s.shape[0], chunk):
                 hs, ht = h_s[start : start + chunk], h_t[start : start + chunk]
-                s = hs @ w_s.T
-                ht @ w_t.T
+                s = torch.matmul(hs, w_s.T, out=s_tile[: hs.shape[0]])
+                torch.matmul(ht, w_t.T, out=t_tile[: ht.shape[0]])
                 grad_h[start : start + chunk] = s @ w_s
-                grad_w.addmm_(s.T, hs)
+                grad_w = s.T @ hs if grad_w is None else grad_w.addmm_(s.T, hs)
         return torch.zeros(()), grad_h, grad_w
     loss.backward()
     return loss.detach(), h_s.grad, w_s.grad
@@ -105,13 +96,14 @@ def _child(args) -> None:
     n, hidden, vocab = args.shape
     h_s, h_t, w_s, w_t = _inputs(n, hidden, vocab)
     chunk = 1 << max(5, (2**24 // vocab).bit_length() - 1) if args.chunk is None else args.chunk
-    base = _rss_mb()
+    base = reset_peak()
     times = []
     for _ in range(args.repeats):
+        loss = grad_h = grad_w = None  # one step's memory: the previous step's gradients are let go first
         start = time.perf_counter()
         loss, grad_h, grad_w = _step(args.variant, h_s, h_t, w_s, w_t, args.temperature, args.beta, chunk)
         times.append(time.perf_counter() - start)
-    peak = _peak_mb() - base
+    peak = peak_mb() - base
     result = {"variant": args.variant, "time": statistics.median(times), "peak_mb": peak, "chunk": chunk}
     if args.reference and args.variant != "gemm_floor":
         ref = torch.load(args.reference)

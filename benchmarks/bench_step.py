@@ -5,7 +5,7 @@
 
 Setup of `../shared/BENCHMARKS.md`: tiny random Llama student (H=256, 4 layers) and teacher (H=512, 6 layers),
 a batch of 4 × 512 tokens, AdamW, fp32 on CPU with one torch thread. Each variant runs in its own process; time is the
-median step, memory the process's peak RSS minus its RSS once models and optimizer exist.
+median step, memory the process's peak RSS (high-water mark reset once models exist) minus its RSS then.
   student_ce       the student trained alone on its labels (forward, backward, optimizer step)
   teacher_forward  one teacher forward under no_grad
   naive_kd         DistillationTrainer.training_step + optimizer step with kd_chunk_size=0 (both models' logits)
@@ -17,19 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from process_memory import peak_mb, reset_peak
+
 VARIANTS = ["student_ce", "teacher_forward", "naive_kd", "hf_distill"]
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
 def _llama(hidden: int, layers: int, vocab: int):
@@ -87,14 +83,14 @@ def _child(variant: str, vocab: int, repeats: int, seq_len: int) -> None:
             with torch.no_grad():
                 teacher(input_ids=ids, attention_mask=batch["attention_mask"])
 
-    base = _rss_mb()
+    base = reset_peak()
     step()  # warm-up; AdamW state exists after it, as in any step but the first
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    peak = peak_mb() - base
     print(json.dumps({"variant": variant, "time": statistics.median(times), "peak_mb": peak}))
 
 

@@ -37,10 +37,22 @@ class LinearHead:
     logit_scale: float = 1.0
     softcap: float | None = None
 
-    def linear(self, hidden: torch.Tensor) -> torch.Tensor:
-        """`(C, H)` -> `(C, V)` before the transforms, in the head's dtype."""
-        out = hidden.to(self.weight.dtype) @ self.weight.t()
-        return out if self.bias is None else out + self.bias
+    def linear(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """`(C, H)` -> `(C, V)` before the transforms, in the head's dtype; written into `out` when given."""
+        hidden = hidden.to(self.weight.dtype)
+        if out is None:
+            projected = hidden @ self.weight.t()
+            return projected if self.bias is None else projected + self.bias
+        if self.bias is None:
+            return torch.matmul(hidden, self.weight.t(), out=out)
+        return torch.addmm(self.bias, hidden, self.weight.t(), out=out)
+
+    def tile(self, rows: int) -> torch.Tensor | None:
+        """A reusable `(rows, V)` float32 buffer for `linear(..., out=)`, when its output is float32 already
+        (reusing one buffer per model spares the allocator a fresh multi-MiB mapping and its page faults per chunk)."""
+        if self.weight.dtype != torch.float32:
+            return None
+        return torch.empty(rows, self.weight.shape[0], device=self.weight.device)
 
     def transform(self, linear_out: torch.Tensor) -> torch.Tensor:
         """The model's post-head logit transforms, in float32."""
@@ -60,6 +72,11 @@ class LinearHead:
         return grad_logits
 
 
+def _rows_in_cache(vocab_size: int) -> int:
+    """Rows per element-wise block: ~1 MiB of float32 per tile, so a block's few live tiles stay in cache."""
+    return max(1, 2**18 // vocab_size)
+
+
 class _ChunkedObjective(torch.autograd.Function):
     """Forward computes the sums and, chunk by chunk, the gradients; backward only scales the stored gradients."""
 
@@ -71,37 +88,63 @@ class _ChunkedObjective(torch.autograd.Function):
         device, n = student_hidden.device, student_hidden.shape[0]
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # total, kd, ce, agreement
         grad_hidden = torch.zeros_like(student_hidden) if want["hidden"] else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want["weight"] else None
+        grad_weight = None  # (V_s, H_s) float32, written by the first chunk's matmul rather than zero-filled first
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if want["bias"] else None
+        student_tile, teacher_tile = head.tile(min(chunk_size, n)), teacher_head.tile(min(chunk_size, n))
         for start in range(0, n, chunk_size):
             hidden = student_hidden[start : start + chunk_size]  # (C, H_s)
-            teacher_logits = teacher_head.transform(teacher_head.linear(teacher_hidden[start : start + chunk_size]))
-            student_logits = head.transform(head.linear(hidden))  # (C, V_s) float32, freshly allocated
-            total, kd, ce, agreement, grad_out = row_sums_and_grad(
-                objective,
-                student_logits,
-                teacher_logits,
-                None if labels is None else labels[start : start + chunk_size],
-                shared,
-                # Both tiles are this loop's own; the student's is kept intact only when soft-capping needs it.
-                overwrite=head.softcap is None,
+            rows_here = hidden.shape[0]
+            teacher_logits = teacher_head.transform(
+                teacher_head.linear(
+                    teacher_hidden[start : start + chunk_size],
+                    None if teacher_tile is None else teacher_tile[:rows_here],
+                )
             )
+            # (C, V_s) float32, this loop's own
+            student_logits = head.transform(
+                head.linear(hidden, None if student_tile is None else student_tile[:rows_here])
+            )
+            chunk_labels = None if labels is None else labels[start : start + chunk_size]
+            # The element-wise work walks the two tiles a few rows at a time so that its dozen passes run in cache
+            # rather than in memory; the (C, V) tiles stay only as large as the matmuls need to be efficient. Each
+            # block's gradient is written over its student logits, which then hold d total / d (h @ W.T + b).
+            rows = _rows_in_cache(student_logits.shape[-1])
+            for row in range(0, student_logits.shape[0], rows):
+                block = slice(row, row + rows)
+                total, kd, ce, agreement, grad_block = row_sums_and_grad(
+                    objective,
+                    student_logits[block],
+                    teacher_logits[block],
+                    None if chunk_labels is None else chunk_labels[block],
+                    shared,
+                    # Both tiles are this loop's own; the student's stays intact when soft-capping needs it.
+                    overwrite=head.softcap is None,
+                )
+                ce = torch.zeros_like(kd) if ce is None else ce
+                sums += torch.stack([total, kd, ce, agreement.to(kd)]).double()
+                if any(want.values()):
+                    student_logits[block] = head.transform_grad(student_logits[block], grad_block)
+                del grad_block
             del teacher_logits
-            sums += torch.stack([total, kd, torch.zeros_like(kd) if ce is None else ce, agreement.to(kd)]).double()
             if not any(want.values()):
                 continue
-            grad_out = head.transform_grad(student_logits, grad_out)  # (C, V_s): d total / d (h @ W.T + b)
+            grad_out = student_logits  # (C, V_s): d total / d (h @ W.T + b)
             del student_logits
             if grad_hidden is not None:
                 grad_hidden[start : start + chunk_size] = grad_out.to(weight.dtype) @ weight  # (C, H_s)
-            if grad_weight is not None:
-                if weight.dtype == torch.float32:
-                    grad_weight.addmm_(grad_out.t(), hidden.to(torch.float32))  # (V_s, H_s), in place
+            if want["weight"]:
+                if weight.dtype != torch.float32:
+                    chunk_grad = (grad_out.t().to(weight.dtype) @ hidden.to(weight.dtype)).float()
+                    grad_weight = chunk_grad if grad_weight is None else grad_weight.add_(chunk_grad)
+                elif grad_weight is None:
+                    grad_weight = grad_out.t() @ hidden.to(torch.float32)  # (V_s, H_s)
                 else:
-                    grad_weight += (grad_out.t().to(weight.dtype) @ hidden.to(weight.dtype)).float()
+                    grad_weight.addmm_(grad_out.t(), hidden.to(torch.float32))  # in place
             if grad_bias is not None:
                 grad_bias += grad_out.sum(0)
             del grad_out  # before the next chunk allocates its tiles
+        if want["weight"] and grad_weight is None:  # no position to learn from in this batch
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         # Kept on ctx rather than saved for backward (they are neither inputs nor outputs), so that backward can let
         # go of them: autograd then adopts each as the parameter's `.grad` instead of copying it.
         ctx.grads = [grad_hidden, grad_weight, grad_bias]
