@@ -57,6 +57,10 @@ class DistillationConfig(TrainingArguments):
             model's `(tokens, vocabulary)` logits ever exist. `None` (default) picks `2**24 // vocab_size` rounded
             down to a power of two; `0` turns it off. Evaluation that hands logits to `compute_metrics` uses the
             logits path.
+        merge_adapter_on_save (`bool`, *optional*, defaults to `False`):
+            For a PEFT (LoRA, ...) student, `save_model()` writes a full model with the adapters merged in, loadable
+            with transformers alone, instead of the adapter (`adapter_config.json`, `adapter_model.safetensors`).
+            Checkpoints always hold the adapter, so that training can resume.
 
     Example:
         ```python
@@ -101,6 +105,14 @@ class DistillationConfig(TrainingArguments):
             "help": "Tokens per chunk of the memory-efficient loss (LM heads only): neither model's full logits are "
             "built. None picks 2**24 // vocab_size rounded down to a power of two (512 at 32k, 128 at 128k); "
             "0 turns it off and uses the models' logits."
+        },
+    )
+
+    merge_adapter_on_save: bool = field(
+        default=False,
+        metadata={
+            "help": "For a PEFT student: `save_model()` writes the adapters merged into a full model instead of the "
+            "adapter alone. Checkpoints always hold the adapter."
         },
     )
 

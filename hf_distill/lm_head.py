@@ -15,18 +15,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adapters import head_parts
 from .losses.chunked import LinearHead
 from .tasks import unwrap_peft
 
 
-def head_module(model: nn.Module) -> nn.Linear | None:
-    """The model's output projection when it is a plain `nn.Linear` (tied or not), else `None`.
+def head_module(model: nn.Module) -> nn.Module | None:
+    """The module the model calls as its output projection, when `hf_distill.adapters.head_parts` understands it (a
+    plain `nn.Linear`, tied or not, possibly under plain LoRA adapters or peft's `modules_to_save`), else `None`.
 
-    Quantised or adapter-wrapped heads are not plain linear layers; those models use the logits path.
+    Quantised heads and other adapter types are not understood; those models use the logits path.
     """
     get_output = getattr(unwrap_peft(model), "get_output_embeddings", None)
     head = get_output() if callable(get_output) else None
-    return head if type(head) is nn.Linear else None
+    return head if head_parts(head) is not None else None
 
 
 def _text_config(model: nn.Module) -> Any:
@@ -37,42 +39,82 @@ def _text_config(model: nn.Module) -> Any:
 
 def linear_head(model: nn.Module) -> LinearHead | None:
     """The model's head as a `LinearHead` with its post-head logit transforms read from the config:
-    `final_logit_softcapping` (Gemma 2/3), `logit_scale` (Cohere), `logits_scaling` (Granite divides by it)."""
+    `final_logit_softcapping` (Gemma 2/3), `logit_scale` (Cohere), `logits_scaling` (Granite divides by it).
+
+    LoRA adapters on the head become the head's `adapter_weight` (their `lora_B` weights side by side); the matching
+    inputs are what `CapturedHidden.features()` appends to the hidden states.
+    """
     head = head_module(model)
     if head is None:
         return None
+    parts = head_parts(head)
     config = _text_config(model)
     scale = float(getattr(config, "logit_scale", None) or 1.0)
     granite = getattr(config, "logits_scaling", None)
     if granite:
         scale /= float(granite)
     softcap = getattr(config, "final_logit_softcapping", None)
-    return LinearHead(head.weight, head.bias, logit_scale=scale, softcap=float(softcap) if softcap else None)
+    adapter_weight = None
+    if parts.loras:
+        weights = [lora.lora_B.weight for lora in parts.loras]  # (V, r) each
+        adapter_weight = weights[0] if len(weights) == 1 else torch.cat(weights, dim=1)
+    return LinearHead(
+        parts.linear.weight,
+        parts.linear.bias,
+        logit_scale=scale,
+        softcap=float(softcap) if softcap else None,
+        adapter_weight=adapter_weight,
+    )
+
+
+def chunk_size_for(student: nn.Module, teacher: nn.Module, requested: int | None) -> int:
+    """Tokens per chunk of the chunked loss for these two LM models: `0` (logits path) when either head is not
+    understood or `requested` is 0; `requested` when given; else ~64 MiB float32 tiles per model, rounded down to a
+    power of two (flat memory in N, near the matmul floor: see benchmarks/)."""
+    if requested == 0 or head_module(student) is None or head_module(teacher) is None:
+        return 0
+    if requested is not None:
+        return requested
+    vocab = linear_head(student).weight.shape[0]
+    return 1 << max(5, (2**24 // vocab).bit_length() - 1)
 
 
 class CapturedHidden:
-    """Holds the head input recorded during one forward: `(B, T, H)`."""
+    """The head input recorded during one forward, `(B, T, H)`, and the head's LoRA inputs `(B, T, r)` if any."""
 
     hidden_states: torch.Tensor | None = None
+    adapter_inputs: torch.Tensor | None = None
+
+    def features(self) -> torch.Tensor:
+        """`(B, T, H + r)`: what `linear_head(model)` projects (the hidden states, then the LoRA inputs)."""
+        if self.adapter_inputs is None:
+            return self.hidden_states
+        return torch.cat([self.hidden_states, self.adapter_inputs.to(self.hidden_states.dtype)], dim=-1)
 
 
 @contextlib.contextmanager
 def capture_head_input(model: nn.Module) -> Iterator[CapturedHidden]:
     """Within the block, the model's head records its input and returns empty logits instead of projecting.
 
-    The empty logits are a zero-width matmul with the head's weight, so the weight still appears in the forward's
+    A LoRA adapter on the head still runs its `lora_A` (and dropout) here, in the model's autograd graph, so its
+    gradient arrives through the recorded adapter inputs; `lora_B` gets its gradient from the chunked loss. The
+    empty logits are a zero-width matmul with the head's weight, so the weight still appears in the forward's
     autograd graph (DDP's unused-parameter search must not mark it unused: its gradient arrives via the chunked loss).
     """
     head = head_module(model)
     if head is None:
         raise ValueError(f"{type(unwrap_peft(model)).__name__} has no plain linear LM head to capture.")
+    parts = head_parts(head)
     captured = CapturedHidden()
     had_instance_forward = "forward" in head.__dict__
     previous = head.__dict__.get("forward")
 
     def record(hidden: torch.Tensor) -> torch.Tensor:
         captured.hidden_states = hidden
-        return hidden @ head.weight[:0].t()  # (B, T, 0)
+        if parts.loras:
+            inputs = [lora.side_input(hidden) for lora in parts.loras]
+            captured.adapter_inputs = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=-1)
+        return hidden @ parts.linear.weight[:0].t()  # (B, T, 0)
 
     head.forward = record
     try:
@@ -108,7 +150,7 @@ def head_reproduces_logits(model: nn.Module, call: Any, positions: int = 8) -> b
     finally:
         model.train(was_training)
     head = linear_head(model)
-    hidden = captured.hidden_states[:, :positions]  # (b, t, H)
+    hidden = captured.features()[:, :positions]  # (b, t, H [+ r])
     projected = head.transform(head.linear(hidden.reshape(-1, hidden.shape[-1])))
     expected = logits[:, :positions].reshape(projected.shape).float()
     return torch.allclose(projected, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().clamp_min(1).item())

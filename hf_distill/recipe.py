@@ -1,4 +1,5 @@
-"""The YAML recipe behind `hf-distill train CONFIG.yaml`: which teacher, which student, which data, which arguments.
+"""The YAML recipe behind `hf-distill train CONFIG.yaml`: which teacher, which student (and its adapters), which data,
+which arguments.
 
 Unknown keys raise, naming the key and where it was, so a typo never silently falls back to a default.
 """
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from peft import PeftConfig
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
 from .config import DistillationConfig
 
@@ -33,6 +36,7 @@ class StudentSpec:
     layers: list[int] = field(default_factory=list)
     model_name_or_path: str | None = None
     trust_remote_code: bool = False
+    quantization: str | None = None  # "4bit" / "8bit": a QLoRA student (needs a `peft` section and bitsandbytes)
 
 
 @dataclass
@@ -59,9 +63,31 @@ class Recipe:
     student: StudentSpec
     data: DataSpec
     args: dict[str, Any]
+    peft: dict[str, Any] | None = None
 
     def training_arguments(self) -> DistillationConfig:
         return DistillationConfig(**self.args)
+
+    def peft_config(self) -> PeftConfig | None:
+        """The `peft:` section as a peft config (`peft_type: LORA` plus that config's own fields), or `None`."""
+        return None if self.peft is None else _peft_config(self.peft)
+
+
+def _peft_config(section: dict[str, Any]) -> PeftConfig:
+    if not isinstance(section, dict):
+        raise ValueError(f"`peft` must be a mapping, got {type(section).__name__}.")
+    peft_type = str(section.get("peft_type", "")).upper()
+    if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        raise ValueError(
+            f"peft.peft_type={section.get('peft_type')!r}; use one of {', '.join(sorted(PEFT_TYPE_TO_CONFIG_MAPPING))}."
+        )
+    config_class = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
+    known = {f.name for f in dataclasses.fields(config_class) if f.init}
+    settings = {k: v for k, v in section.items() if k != "peft_type"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"Unknown key(s) {', '.join(unknown)} in `peft` for {config_class.__name__}.")
+    return config_class(**settings)
 
 
 _SECTIONS = {"teacher": TeacherSpec, "student": StudentSpec, "data": DataSpec}
@@ -119,6 +145,25 @@ def parse_overrides(tokens: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def _check_adapter_student(path: str, recipe: Recipe) -> None:
+    quantization = recipe.student.quantization
+    if quantization not in (None, "4bit", "8bit"):
+        raise ValueError(f"{path}: student.quantization={quantization!r}; use 4bit, 8bit or leave it out.")
+    if quantization and recipe.student.init != "pretrained":
+        raise ValueError(f"{path}: student.quantization={quantization} needs student.init=pretrained.")
+    if quantization and recipe.peft is None:
+        raise ValueError(f"{path}: student.quantization={quantization} trains adapters only; add a `peft` section.")
+    if (
+        recipe.peft is not None
+        and recipe.student.init == "teacher_layers"
+        and not recipe.args.get("merge_adapter_on_save")
+    ):
+        raise ValueError(
+            f"{path}: a `peft` student built from teacher layers has a base that exists nowhere else, so an adapter "
+            "alone could not be loaded; set `args.merge_adapter_on_save: true` (or use student.init=pretrained)."
+        )
+
+
 def load_recipe(path: str, overrides: list[tuple[str, str]] | None = None) -> Recipe:
     """Read a recipe YAML, apply `--field value` overrides, and validate every key.
 
@@ -131,10 +176,10 @@ def load_recipe(path: str, overrides: list[tuple[str, str]] | None = None) -> Re
         raise ValueError(f"{path}: the top level must be a mapping.")
     for key, value in overrides or []:
         _apply_override(raw, key, value)
-    unknown = sorted(set(raw) - {"task", "args", *_SECTIONS})
+    unknown = sorted(set(raw) - {"task", "args", "peft", *_SECTIONS})
     if unknown:
         raise ValueError(
-            f"{path}: unknown top-level key(s) {', '.join(unknown)}; valid: task, teacher, student, data, args."
+            f"{path}: unknown top-level key(s) {', '.join(unknown)}; valid: task, teacher, student, data, peft, args."
         )
     task = raw.get("task", "causal_lm")
     if task not in TASKS:
@@ -151,8 +196,12 @@ def load_recipe(path: str, overrides: list[tuple[str, str]] | None = None) -> Re
         key: _coerce_number(value, DistillationConfig.__dataclass_fields__[key].default) for key, value in args.items()
     }
     recipe = Recipe(
-        task=task, args=args, **{name: _build(cls, raw.get(name), name) for name, cls in _SECTIONS.items()}
+        task=task,
+        args=args,
+        peft=raw.get("peft"),
+        **{name: _build(cls, raw.get(name), name) for name, cls in _SECTIONS.items()},
     )
+    recipe.peft_config()  # validates the section
     if not recipe.teacher.model_name_or_path:
         raise ValueError(f"{path}: `teacher.model_name_or_path` is required.")
     if recipe.student.init not in STUDENT_INITS:
@@ -161,6 +210,7 @@ def load_recipe(path: str, overrides: list[tuple[str, str]] | None = None) -> Re
         raise ValueError(f"{path}: student.init=pretrained needs `student.model_name_or_path`.")
     if recipe.student.init == "teacher_layers" and not recipe.student.layers:
         raise ValueError(f"{path}: student.init=teacher_layers needs `student.layers`, e.g. [0, 6, 12, 18, 24, 29].")
+    _check_adapter_student(path, recipe)
     if (recipe.data.text_file is None) == (recipe.data.dataset is None):
         raise ValueError(f"{path}: set exactly one of `data.text_file` and `data.dataset`.")
     return recipe

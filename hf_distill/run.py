@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    BitsAndBytesConfig,
     DataCollatorWithPadding,
     Trainer,
     TrainingArguments,
@@ -20,6 +21,7 @@ from transformers import (
 )
 
 from . import assets
+from .adapters import is_peft_model, require_bitsandbytes
 from .data import causal_lm_datasets, classification_datasets
 from .logs import get_logger
 from .recipe import Recipe
@@ -73,6 +75,8 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
         `<output_dir>/distillation_results.json`).
     """
     args = recipe.training_arguments()
+    if recipe.student.quantization:  # before anything is loaded
+        require_bitsandbytes(f"student.quantization={recipe.student.quantization}")
     teacher_path = _local_path(recipe.teacher.model_name_or_path)
     auto = _AUTO[recipe.task]
     tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=recipe.teacher.trust_remote_code)
@@ -91,6 +95,9 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     if recipe.student.init == "teacher_layers":
         student = student_from_teacher_layers(teacher, recipe.student.layers)
     else:
+        if recipe.student.quantization:
+            bits = {"4bit": {"load_in_4bit": True}, "8bit": {"load_in_8bit": True}}[recipe.student.quantization]
+            load_kwargs = {**load_kwargs, "quantization_config": BitsAndBytesConfig(**bits)}
         student = auto.from_pretrained(
             _local_path(recipe.student.model_name_or_path),
             trust_remote_code=recipe.student.trust_remote_code,
@@ -111,7 +118,9 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
         data_collator=collator,
         processing_class=tokenizer,
         teacher_processing_class=tokenizer,
+        peft_config=recipe.peft_config(),
     )
+    student = trainer.model  # with its adapters, when the recipe has a `peft` section
     trainer.train()
     trainer.save_model(args.output_dir)  # also saves the tokenizer (processing_class)
     student_after = evaluate_task_metric(student, recipe, evaluation, collator, args)
@@ -136,7 +145,9 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     }
     if trainer.is_world_process_zero():  # under `accelerate launch`, one report and one file
         print("\n" + format_table(rows, metric_name))
-        print(f"\nStudent saved to {args.output_dir} (load it with transformers' from_pretrained).")
+        adapter_only = is_peft_model(student) and not args.merge_adapter_on_save
+        loader = "peft's AutoPeftModel...from_pretrained" if adapter_only else "transformers' from_pretrained"
+        print(f"\nStudent saved to {args.output_dir} (load it with {loader}).")
         with open(os.path.join(args.output_dir, "distillation_results.json"), "w") as f:
             json.dump(results, f, indent=2)
     return results

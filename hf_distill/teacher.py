@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from peft import PeftConfig, PeftModel
 from torch import nn
 from transformers import (
     AutoModelForAudioClassification,
@@ -22,6 +23,7 @@ from transformers import (
 )
 
 from . import assets
+from .adapters import SHARED_BASE_TEACHER, base_head, is_peft_model
 from .tasks import is_encoder_decoder, unwrap_peft
 
 # Which Auto class loads a teacher for a student of a given head, by the student class's name suffix.
@@ -72,7 +74,30 @@ def load_teacher(name_or_path: str, student: nn.Module, trust_remote_code: bool 
             "model object as `teacher_model`."
         )
     path = assets.resolve_packaged_model(name_or_path) if assets.is_packaged(name_or_path) else name_or_path
-    return auto_class.from_pretrained(path, dtype=_model_dtype(student), trust_remote_code=trust_remote_code)
+    adapter = _adapter_config(path)
+    if adapter is None:
+        return auto_class.from_pretrained(path, dtype=_model_dtype(student), trust_remote_code=trust_remote_code)
+    # An adapter folder or repo: its base, loaded the same way, with the adapter on top.
+    if not adapter.base_model_name_or_path:
+        raise ValueError(
+            f"teacher_model={name_or_path!r} is a PEFT adapter whose adapter_config.json names no base model "
+            "(base_model_name_or_path); load base and adapter yourself and pass the PeftModel as teacher_model."
+        )
+    base = load_teacher(adapter.base_model_name_or_path, student, trust_remote_code)
+    return PeftModel.from_pretrained(base, path, revision=None)
+
+
+def _adapter_config(path: str) -> PeftConfig | None:
+    """The adapter config when `path` (folder or Hub id) holds a PEFT adapter rather than a full model."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+            return None
+    elif os.path.exists(path):
+        return None
+    try:
+        return PeftConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
 
 
 def load_teacher_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any | None:
@@ -82,6 +107,56 @@ def load_teacher_tokenizer(name_or_path: str, trust_remote_code: bool = False) -
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError):
         return None
+
+
+class SharedBaseTeacher(nn.Module):
+    """The student's own base model with its adapters disabled, as the teacher: no second copy of the weights.
+
+    For a LoRA student over the teacher's weights (self-distillation, context distillation, compressing an adapter
+    into a smaller rank). The student is held without being registered as a submodule, so this teacher owns no
+    parameters: freezing or moving it touches nothing of the student, and `parameters()` is empty.
+
+    Args:
+        student (`PeftModel`): the student, whose adapters are disabled for the duration of each teacher forward.
+    """
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        if not is_peft_model(student):
+            raise ValueError(
+                f"teacher_model={SHARED_BASE_TEACHER!r} uses the student's base model as the teacher, but the student "
+                f"({type(student).__name__}) is not a PEFT adapter model and so has no base to share. Pass "
+                "`peft_config=` (or a PeftModel student), or give a separate teacher."
+            )
+        self._student = [student]  # a list, so that nn.Module does not register it
+
+    @property
+    def student(self) -> nn.Module:
+        return self._student[0]
+
+    @property
+    def config(self) -> Any:
+        return unwrap_peft(self.student).config
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        head = unwrap_peft(self.student).get_output_embeddings()
+        return None if head is None else base_head(head)
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return unwrap_peft(self.student).prepare_decoder_input_ids_from_labels(labels=labels)
+
+    def forward(self, **inputs: Any) -> Any:
+        student = self.student
+        was_training = student.training
+        student.eval()  # the teacher's targets carry no dropout noise
+        try:
+            with torch.no_grad(), student.disable_adapter():
+                return student(**select_arguments(inputs, accepted_arguments(student)))
+        finally:
+            student.train(was_training)
+
+    def describe(self) -> str:
+        return f"the student's base model with its adapters disabled ({_short_name(self.config)})"
 
 
 def freeze(teacher: nn.Module) -> nn.Module:
@@ -222,9 +297,18 @@ def run_teacher(teacher: nn.Module, inputs: dict[str, Any], labels: torch.Tensor
     return TeacherOutput(logits=model_logits(outputs, "teacher").detach())
 
 
-def describe_teacher(teacher: nn.Module) -> str:
-    """Short description for logs: name and parameter count."""
-    name = getattr(getattr(teacher, "config", None), "_name_or_path", "") or type(teacher).__name__
+def _short_name(config: Any) -> str:
+    name = getattr(config, "_name_or_path", "") or ""
     if os.path.isabs(name):
         name = os.path.basename(name.rstrip("/"))  # keep local paths out of logs that may be shared
+    return name
+
+
+def describe_teacher(teacher: nn.Module) -> str:
+    """Short description for logs: name and parameter count."""
+    if isinstance(teacher, SharedBaseTeacher):
+        return teacher.describe()
+    name = _short_name(getattr(unwrap_peft(teacher), "config", None)) or type(teacher).__name__
+    if is_peft_model(teacher):
+        name += " with a PEFT adapter"
     return f"{name} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M parameters)"

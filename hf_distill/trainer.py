@@ -6,19 +6,23 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from peft import PeftConfig
 from torch import nn
 from transformers import Trainer
 from transformers.trainer_pt_utils import nested_detach
 from transformers.trainer_utils import EvalLoopOutput
 
+from .adapters import SHARED_BASE_TEACHER, is_peft_model, merged_copy, wrap_student
 from .config import distillation_setting, kd_objective_from_args
-from .lm_head import capture_head_input, head_module, head_reproduces_logits, linear_head, slice_batch
+from .lineage import build_lineage
+from .lm_head import capture_head_input, chunk_size_for, head_reproduces_logits, linear_head, slice_batch
 from .logs import get_logger
 from .losses import KDObjective, ObjectiveSums, count_targets, normalize_token_sum, objective_sums
 from .losses.chunked import chunked_objective_sums
 from .metrics import DistillationMetrics
-from .tasks import is_encoder_decoder, is_token_level, shifts_labels
+from .tasks import is_encoder_decoder, is_token_level, shifts_labels, unwrap_peft
 from .teacher import (
+    SharedBaseTeacher,
     accepted_arguments,
     decoder_inputs,
     describe_teacher,
@@ -57,11 +61,16 @@ class DistillationTrainer(Trainer):
         args (`TrainingArguments` or `DistillationConfig`, *optional*):
             Training arguments.
         teacher_model (`PreTrainedModel`, `nn.Module` or `str`, *optional*):
-            The teacher, or a Hub id / local folder / `packaged:` name loaded with the student's head type and dtype.
-            Defaults to `args.teacher_model_name_or_path`.
+            The teacher: a model (a `PeftModel` too), or a Hub id / local folder / `packaged:` name loaded with the
+            student's head type and dtype (a folder holding a PEFT adapter loads its base with the adapter on top).
+            `"base"` uses a PEFT student's own base model with its adapters disabled, with no second copy of the
+            weights. Defaults to `args.teacher_model_name_or_path`.
         teacher_processing_class (*optional*):
             The teacher's tokenizer, to check that it matches the student's (`processing_class`). Loaded from the
             teacher's folder when the teacher is given by name.
+        peft_config (`peft.PeftConfig`, *optional*):
+            Train the student as adapters (LoRA, DoRA, IA³, ...) over the frozen `model`, as TRL's trainers do. The
+            saved output is then the adapter, or a merged full model with `merge_adapter_on_save=True`.
         *trainer_args, **trainer_kwargs:
             Everything else `transformers.Trainer` takes.
 
@@ -90,6 +99,7 @@ class DistillationTrainer(Trainer):
         *trainer_args: Any,
         teacher_model: nn.Module | str | None = None,
         teacher_processing_class: Any | None = None,
+        peft_config: PeftConfig | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         if trainer_kwargs.get("compute_loss_func") is not None:
@@ -97,7 +107,7 @@ class DistillationTrainer(Trainer):
                 "compute_loss_func is not supported by DistillationTrainer: the loss is the distillation objective. "
                 "Choose it with DistillationConfig (kd_loss, kd_temperature, kd_weight, ce_weight)."
             )
-        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        super().__init__(wrap_student(model, peft_config), args, *trainer_args, **trainer_kwargs)
         if self.args.label_smoothing_factor:
             raise ValueError(
                 f"label_smoothing_factor={self.args.label_smoothing_factor} is not supported with distillation (the "
@@ -123,6 +133,9 @@ class DistillationTrainer(Trainer):
                 "No teacher: pass `teacher_model=` (a model or a Hub id/local path) to DistillationTrainer, or set "
                 "`teacher_model_name_or_path` in DistillationConfig."
             )
+        if teacher == SHARED_BASE_TEACHER:
+            teacher = SharedBaseTeacher(self.model)
+            teacher_tokenizer = teacher_tokenizer or self.processing_class
         if isinstance(teacher, str):
             trust_remote_code = distillation_setting(self.args, "teacher_trust_remote_code")
             if teacher_tokenizer is None:
@@ -223,19 +236,9 @@ class DistillationTrainer(Trainer):
     # ---- the memory-efficient path: both models' hidden states, never their logits ----
 
     def _resolve_chunk_size(self) -> int:
-        chunk = distillation_setting(self.args, "kd_chunk_size")
-        token_level_lm = self._shift_labels or is_encoder_decoder(self.model)
-        if (
-            chunk == 0
-            or not token_level_lm
-            or head_module(self.model) is None
-            or head_module(self.teacher_model) is None
-        ):
+        if not (self._shift_labels or is_encoder_decoder(self.model)):  # per-token LM heads only
             return 0
-        if chunk is None:  # ~64 MiB float32 tiles per model: flat memory in N, near the matmul floor (benchmarks/)
-            vocab = head_module(self.model).weight.shape[0]
-            chunk = 1 << max(5, (2**24 // vocab).bit_length() - 1)
-        return chunk
+        return chunk_size_for(self.model, self.teacher_model, distillation_setting(self.args, "kd_chunk_size"))
 
     def _use_chunked_loss(self, model: nn.Module, student_inputs: dict, features: dict, labels: Any) -> bool:
         if not self._chunk_size or (not model.training and self._logits_wanted):
@@ -270,9 +273,9 @@ class DistillationTrainer(Trainer):
             outputs = model(**student_inputs)  # the wrapped model: DDP/FSDP hooks and adapters see this forward
         sums = chunked_objective_sums(
             self.kd_objective,
-            student_hidden.hidden_states,
+            student_hidden.features(),
             linear_head(self.model),
-            teacher_hidden.hidden_states,
+            teacher_hidden.features(),
             linear_head(self.teacher_model),
             labels,
             self._position_attention_mask(features),
@@ -334,6 +337,37 @@ class DistillationTrainer(Trainer):
         output.metrics.update(self._eval_metrics.summarize(self._reduce_sum, prefix=f"{metric_key_prefix}_"))
         return output
 
+    # ---- saving: the adapter (or the merged model on request) and the lineage record, never the teacher ----
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # Checkpoints (`_internal_call`) always hold the adapter, so that training can resume from them.
+        self._merge_on_save = (
+            not _internal_call
+            and distillation_setting(self.args, "merge_adapter_on_save")
+            and is_peft_model(self.accelerator.unwrap_model(self.model))
+        )
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            self._merge_on_save = False
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if getattr(self, "_merge_on_save", False):
+            trained = self.model
+            self.model = merged_copy(self.accelerator.unwrap_model(trained))
+            try:
+                super()._save(output_dir, state_dict=None)
+            finally:
+                self.model = trained
+        else:
+            super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            self.lineage().save(output_dir if output_dir is not None else self.args.output_dir)
+
+    def lineage(self) -> Any:
+        """Where this student comes from: teacher, student (and its adapter), objective. See `hf_distill.lineage`."""
+        return build_lineage(self.accelerator.unwrap_model(self.model), self.teacher_model, self.kd_objective)
+
     # ---- logging ----
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -348,9 +382,10 @@ class DistillationTrainer(Trainer):
     def train(self, *args: Any, **kwargs: Any) -> Any:
         if self.is_world_process_zero():
             student = sum(p.numel() for p in self.model.parameters()) / 1e6
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad) / 1e6
             logger.info(
-                f"distilling {describe_teacher(self.teacher_model)} into {type(self.model).__name__} "
-                f"({student:.1f}M parameters); {self.kd_objective.describe()}"
+                f"distilling {describe_teacher(self.teacher_model)} into {type(unwrap_peft(self.model)).__name__} "
+                f"({student:.2f}M parameters, {trainable:.2f}M trainable); {self.kd_objective.describe()}"
             )
         return super().train(*args, **kwargs)
 

@@ -15,8 +15,9 @@ MODULES = sorted(glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True))
 # Lower layers never import higher ones.
 LAYERS = [
     {"losses", "logs", "tasks", "assets"},
-    {"config", "metrics", "student_init", "recipe", "report"},
+    {"config", "metrics", "student_init", "recipe", "report", "adapters"},
     {"teacher", "data", "lm_head"},
+    {"lineage"},
     {"trainer"},
     {"run", "cli", "__main__", "__init__"},
 ]

@@ -160,17 +160,6 @@ def test_negative_chunk_size_is_refused(tmp_path):
         DistillationConfig(output_dir=str(tmp_path), kd_chunk_size=-1)
 
 
-# peft 0.21 reads `is_gradient_checkpointing`, which transformers 5.24 deprecates; not ours to fix here.
-@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
-def test_adapter_wrapped_head_keeps_the_logits_path(tmp_path):
-    from peft import LoraConfig, get_peft_model
-
-    student = get_peft_model(llama(32, 1), LoraConfig(r=2, target_modules=["lm_head", "q_proj"]))
-    assert _trainer(tmp_path, student, llama(64, 2), None)._chunk_size == 0
-    plain = get_peft_model(llama(32, 1), LoraConfig(r=2, target_modules=["q_proj"]))  # head untouched
-    assert _trainer(tmp_path, plain, llama(64, 2), None)._chunk_size > 0
-
-
 def test_linear_head_reads_the_logit_transforms_from_the_config():
     from hf_distill.lm_head import linear_head
 

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from hf_distill.cli import main
 from hf_distill.recipe import load_recipe
+from hf_distill.run import run_recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "trainer_configs", "**", "*.yaml"), recursive=True))
@@ -56,6 +57,14 @@ BASE = {
         ({"task": "image_generation"}, "task='image_generation' is not supported"),
         ({"student": {"init": "teacher_layers"}}, "needs `student.layers`"),
         ({"teacher": {}}, "`teacher.model_name_or_path` is required"),
+        ({"peft": {"peft_type": "LORA", "rank": 4}}, "Unknown key\\(s\\) rank in `peft` for LoraConfig"),
+        ({"peft": {"peft_type": "LOWRANK"}}, "peft.peft_type='LOWRANK'; use one of"),
+        ({"peft": {"peft_type": "LORA"}}, "set `args.merge_adapter_on_save: true`"),
+        (
+            {"student": {"init": "pretrained", "model_name_or_path": "s", "quantization": "4bit"}},
+            "add a `peft` section",
+        ),
+        ({"student": {"init": "pretrained", "model_name_or_path": "s", "quantization": "3bit"}}, "use 4bit, 8bit"),
     ],
 )
 def test_bad_recipes_name_the_key(tmp_path, change, message):
@@ -93,6 +102,39 @@ def test_cli_train_end_to_end_saves_a_loadable_student(tmp_path, tiny_teacher_fo
     teacher_row, _, after = results["models"]
     assert after["parameters"] < teacher_row["parameters"] and after["metric"] > 0
     assert (results["train_steps"], results["world_size"]) == (3, 1)
+
+
+def test_lora_recipe_trains_adapters_and_saves_a_merged_student(tmp_path, tiny_teacher_folder, capsys):
+    from hf_distill.lineage import Lineage
+
+    shipped = load_recipe(os.path.join(REPO, "trainer_configs", "lora_student.yaml"))
+    assert "lm_head" in shipped.peft_config().target_modules and shipped.training_arguments().merge_adapter_on_save
+    recipe = tiny_recipe(tmp_path, tiny_teacher_folder, max_steps=2, merge_adapter_on_save=True)
+    recipe["peft"] = {"peft_type": "LORA", "r": 2, "target_modules": ["q_proj", "lm_head"]}
+    assert main(["train", _write(tmp_path, recipe)]) == 0
+    assert "load it with transformers' from_pretrained" in capsys.readouterr().out
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "student")  # merged: no peft needed
+    assert not any("lora" in name for name, _ in student.named_parameters())
+    assert Lineage.load(str(tmp_path / "student")).student["adapter"]["method"] == "LORA"
+
+
+def test_qlora_recipe_without_bitsandbytes_is_refused_before_loading(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a)
+    )
+    recipe = {
+        **BASE,
+        "student": {"init": "pretrained", "model_name_or_path": "does-not-exist", "quantization": "4bit"},
+        "peft": {"peft_type": "LORA", "r": 2, "target_modules": ["q_proj"]},
+    }
+    recipe["data"] = {"text_file": str(tmp_path / "missing.txt")}
+    with pytest.raises(
+        ImportError, match="student.quantization=4bit asks for a 4/8-bit \\(QLoRA\\) student.*bitsandbytes"
+    ):
+        run_recipe(load_recipe(_write(tmp_path, recipe)))
 
 
 def test_module_entry_point_runs_the_cli():

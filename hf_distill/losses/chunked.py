@@ -23,29 +23,45 @@ from .composite import KDObjective, ObjectiveSums, check_labels, check_vocab, ga
 class LinearHead:
     """A linear LM head and the logit transforms its model applies after it.
 
-    `logits = softcap · tanh(logit_scale · (h @ weight.T + bias) / softcap)` (the tanh part only when `softcap` is
-    set). Covers tied embeddings (pass the embedding matrix), a head bias, logit scaling (Cohere's `logit_scale`,
-    Granite's `1 / logits_scaling`) and final logit soft-capping (Gemma 2/3).
+    `logits = softcap · tanh(logit_scale · (h @ weight.T + bias + a @ adapter_weight.T) / softcap)` (the tanh part
+    only when `softcap` is set). Covers tied embeddings (pass the embedding matrix), a head bias, logit scaling
+    (Cohere's `logit_scale`, Granite's `1 / logits_scaling`), final logit soft-capping (Gemma 2/3) and LoRA adapters
+    on the head (`a` their inputs, appended to `h`).
 
     Attributes:
         weight (`torch.Tensor` of shape `(V, H)`), bias (`torch.Tensor` of shape `(V,)`, *optional*),
-        logit_scale (`float`), softcap (`float`, *optional*).
+        logit_scale (`float`), softcap (`float`, *optional*), adapter_weight (`torch.Tensor` of shape `(V, r)`,
+        *optional*).
     """
 
     weight: torch.Tensor
     bias: torch.Tensor | None = None
     logit_scale: float = 1.0
     softcap: float | None = None
+    adapter_weight: torch.Tensor | None = None
 
-    def linear(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """`(C, H)` -> `(C, V)` before the transforms, in the head's dtype; written into `out` when given."""
-        hidden = hidden.to(self.weight.dtype)
+    @property
+    def hidden_size(self) -> int:
+        return self.weight.shape[1]
+
+    def linear(self, features: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """`(C, H [+ r])` -> `(C, V)` before the transforms, in the head's dtype; written into `out` when given.
+
+        With an `adapter_weight` `(V, r)` (LoRA's `lora_B` on the head), the last `r` features are the adapter's
+        inputs (`scaling · lora_A(x)`) and their product with it is added: `x @ W.T + b + a @ B.T`.
+        """
+        features = features.to(self.weight.dtype)
+        hidden = features[:, : self.hidden_size] if self.adapter_weight is not None else features
         if out is None:
             projected = hidden @ self.weight.t()
-            return projected if self.bias is None else projected + self.bias
-        if self.bias is None:
-            return torch.matmul(hidden, self.weight.t(), out=out)
-        return torch.addmm(self.bias, hidden, self.weight.t(), out=out)
+            projected = projected if self.bias is None else projected + self.bias
+        elif self.bias is None:
+            projected = torch.matmul(hidden, self.weight.t(), out=out)
+        else:
+            projected = torch.addmm(self.bias, hidden, self.weight.t(), out=out)
+        if self.adapter_weight is not None:
+            projected.addmm_(features[:, self.hidden_size :], self.adapter_weight.to(self.weight.dtype).t())
+        return projected
 
     def tile(self, rows: int) -> torch.Tensor | None:
         """A reusable `(rows, V)` float32 buffer for `linear(..., out=)`, when its output is float32 already
@@ -81,15 +97,17 @@ class _ChunkedObjective(torch.autograd.Function):
     """Forward computes the sums and, chunk by chunk, the gradients; backward only scales the stored gradients."""
 
     @staticmethod
-    def forward(ctx, student_hidden, weight, bias, teacher_hidden, labels, config):
-        # student_hidden (n, H_s), weight (V_s, H_s), bias (V_s,) or None, teacher_hidden (n, H_t), labels (n,) or None
+    def forward(ctx, student_hidden, weight, bias, adapter_weight, teacher_hidden, labels, config):
+        # student_hidden (n, H_s [+ r]), weight (V_s, H_s), bias (V_s,) or None, adapter_weight (V_s, r) or None,
+        # teacher_hidden (n, H_t [+ r_t]), labels (n,) or None
         objective, student_head, teacher_head, shared, chunk_size, want = config
-        head = LinearHead(weight, bias, student_head.logit_scale, student_head.softcap)
-        device, n = student_hidden.device, student_hidden.shape[0]
+        head = LinearHead(weight, bias, student_head.logit_scale, student_head.softcap, adapter_weight)
+        device, n, hidden_size = student_hidden.device, student_hidden.shape[0], weight.shape[1]
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # total, kd, ce, agreement
         grad_hidden = torch.zeros_like(student_hidden) if want["hidden"] else None
         grad_weight = None  # (V_s, H_s) float32, written by the first chunk's matmul rather than zero-filled first
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if want["bias"] else None
+        grad_adapter = torch.zeros_like(adapter_weight, dtype=torch.float32) if want["adapter"] else None
         student_tile, teacher_tile = head.tile(min(chunk_size, n)), teacher_head.tile(min(chunk_size, n))
         for start in range(0, n, chunk_size):
             hidden = student_hidden[start : start + chunk_size]  # (C, H_s)
@@ -131,15 +149,21 @@ class _ChunkedObjective(torch.autograd.Function):
             grad_out = student_logits  # (C, V_s): d total / d (h @ W.T + b)
             del student_logits
             if grad_hidden is not None:
-                grad_hidden[start : start + chunk_size] = grad_out.to(weight.dtype) @ weight  # (C, H_s)
+                grad_rows = grad_hidden[start : start + chunk_size]
+                grad_rows[:, :hidden_size] = grad_out.to(weight.dtype) @ weight  # (C, H_s)
+                if adapter_weight is not None:  # (C, r): into the LoRA inputs, and on through lora_A by autograd
+                    grad_rows[:, hidden_size:] = grad_out.to(adapter_weight.dtype) @ adapter_weight
+            if grad_adapter is not None:  # (V_s, r)
+                grad_adapter.addmm_(grad_out.t(), hidden[:, hidden_size:].to(torch.float32))
             if want["weight"]:
+                body = hidden[:, :hidden_size]
                 if weight.dtype != torch.float32:
-                    chunk_grad = (grad_out.t().to(weight.dtype) @ hidden.to(weight.dtype)).float()
+                    chunk_grad = (grad_out.t().to(weight.dtype) @ body.to(weight.dtype)).float()
                     grad_weight = chunk_grad if grad_weight is None else grad_weight.add_(chunk_grad)
                 elif grad_weight is None:
-                    grad_weight = grad_out.t() @ hidden.to(torch.float32)  # (V_s, H_s)
+                    grad_weight = grad_out.t() @ body.to(torch.float32)  # (V_s, H_s)
                 else:
-                    grad_weight.addmm_(grad_out.t(), hidden.to(torch.float32))  # in place
+                    grad_weight.addmm_(grad_out.t(), body.to(torch.float32))  # in place
             if grad_bias is not None:
                 grad_bias += grad_out.sum(0)
             del grad_out  # before the next chunk allocates its tiles
@@ -147,8 +171,13 @@ class _ChunkedObjective(torch.autograd.Function):
             grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         # Kept on ctx rather than saved for backward (they are neither inputs nor outputs), so that backward can let
         # go of them: autograd then adopts each as the parameter's `.grad` instead of copying it.
-        ctx.grads = [grad_hidden, grad_weight, grad_bias]
-        ctx.dtypes = (student_hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.grads = [grad_hidden, grad_weight, grad_bias, grad_adapter]
+        ctx.dtypes = (
+            student_hidden.dtype,
+            weight.dtype,
+            None if bias is None else bias.dtype,
+            None if adapter_weight is None else adapter_weight.dtype,
+        )
         return sums.float()
 
     @staticmethod
@@ -161,7 +190,7 @@ class _ChunkedObjective(torch.autograd.Function):
         # the head itself.
         grads = [None if g is None else g.mul_(grad_total).to(dtype) for g, dtype in zip(stored, ctx.dtypes)]
         del stored
-        return grads[0], grads[1], grads[2], None, None, None
+        return grads[0], grads[1], grads[2], grads[3], None, None, None
 
 
 def chunked_objective_sums(
@@ -181,9 +210,11 @@ def chunked_objective_sums(
 
     Args:
         objective (`KDObjective`): what to compute.
-        student_hidden (`torch.Tensor` of shape `(B, T, H_s)`): input of the student's head, with gradients.
-        student_head (`LinearHead`): the student's head; gradients reach `weight` and `bias` when they require them.
-        teacher_hidden (`torch.Tensor` of shape `(B, T, H_t)`): input of the teacher's head.
+        student_hidden (`torch.Tensor` of shape `(B, T, H_s [+ r])`): input of the student's head, with gradients;
+            followed by the inputs of its LoRA adapters when the head has an `adapter_weight`.
+        student_head (`LinearHead`): the student's head; gradients reach `weight`, `bias` and `adapter_weight` when
+            they require them.
+        teacher_hidden (`torch.Tensor` of shape `(B, T, H_t [+ r_t])`): input of the teacher's head (likewise).
         teacher_head (`LinearHead`): the teacher's head.
         labels, attention_mask, shift_labels, vocab_size, require_labels: as in `objective_sums`.
         chunk_size (`int`): positions per chunk; peak memory is a few `(chunk_size, V)` float32 tiles.
@@ -203,10 +234,19 @@ def chunked_objective_sums(
         "hidden": grad_enabled and student_rows.requires_grad,
         "weight": grad_enabled and student_head.weight.requires_grad,
         "bias": grad_enabled and student_head.bias is not None and student_head.bias.requires_grad,
+        "adapter": grad_enabled
+        and student_head.adapter_weight is not None
+        and student_head.adapter_weight.requires_grad,
     }
     config = (objective, student_head, teacher_head, shared, chunk_size, want)
     sums = _ChunkedObjective.apply(
-        student_rows, student_head.weight, student_head.bias, teacher_rows.detach(), targets.labels, config
+        student_rows,
+        student_head.weight,
+        student_head.bias,
+        student_head.adapter_weight,
+        teacher_rows.detach(),
+        targets.labels,
+        config,
     )
     total, kd, ce, agreement = sums[0], sums[1].detach(), sums[2].detach(), sums[3].detach().long()
     return ObjectiveSums(
