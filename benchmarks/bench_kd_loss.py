@@ -89,6 +89,19 @@ def _step(variant: str, h_s, h_t, w_s, w_t, temperature: float, beta: float, chu
     return loss.detach(), h_s.grad, w_s.grad
 
 
+def _import(variant: str) -> None:
+    import importlib
+
+    modules = {
+        "naive": "hf_distill.losses",
+        "hf_distill": "hf_distill.losses.chunked",
+        "trl": "trl.kernels.chunked_divergence",
+        "liger": "liger_kernel.chunked_loss",
+    }
+    if variant in modules:
+        importlib.import_module(modules[variant])
+
+
 def _child(args) -> None:
     import torch
 
@@ -96,6 +109,7 @@ def _child(args) -> None:
     n, hidden, vocab = args.shape
     h_s, h_t, w_s, w_t = _inputs(n, hidden, vocab)
     chunk = 1 << max(5, (2**24 // vocab).bit_length() - 1) if args.chunk is None else args.chunk
+    _import(args.variant)  # the libraries' own memory (hf_distill pulls in transformers) is not the loss's
     base = reset_peak()
     times = []
     for _ in range(args.repeats):

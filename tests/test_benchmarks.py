@@ -31,3 +31,8 @@ def test_bench_kd_loss_runs_and_every_variant_agrees_with_naive():
 def test_bench_step_runs():
     out = _run("bench_step.py", "--vocab", "512", "--repeats", "1", "--seq-len", "32")
     assert sum(line.startswith("| 512 |") for line in out.splitlines()) == 4
+
+
+def test_bench_shared_base_runs():
+    out = _run("bench_shared_base.py", "--hidden", "64", "--layers", "1", "--vocab", "512", "--seq-len", "16")
+    assert "| shared_base |" in out and "| separate_copy |" in out and "Saved by teacher_model='base'" in out

@@ -155,8 +155,17 @@ def row_sums(
         if objective.ce_weight:
             total = total + objective.ce_weight * ce
         ce = ce.detach()
-    agreement = (student_kd.argmax(-1) == teacher_kd.argmax(-1)).sum()
+    agreement = top1_agreement(student_kd.detach(), teacher_kd)
     return total, kd.detach(), ce, agreement
+
+
+def top1_agreement(student_rows: torch.Tensor, teacher_rows: torch.Tensor) -> torch.Tensor:
+    """Rows `(n, V)` where the student's largest logit is at the teacher's top entry, counted (0-dim).
+
+    One argmax pass, not two: on CPU argmax reads ~5x slower than amax, and this runs on every chunk.
+    """
+    teacher_top = teacher_rows.argmax(-1, keepdim=True)
+    return (student_rows.gather(1, teacher_top) >= student_rows.amax(-1, keepdim=True)).sum()
 
 
 def row_sums_and_grad(
@@ -174,7 +183,7 @@ def row_sums_and_grad(
     Returns:
         `(total, kd, ce, agreement, grad)` with `grad` `(n, V_s)` float32.
     """
-    agreement = (student_rows[:, :shared_vocab].argmax(-1) == teacher_rows[:, :shared_vocab].argmax(-1)).sum()
+    agreement = top1_agreement(student_rows[:, :shared_vocab], teacher_rows[:, :shared_vocab])
     reuse = objective.kd_temperature == 1.0 and shared_vocab == student_rows.shape[-1]
     if labels is not None and not reuse:  # the CE needs the raw student logits before they are overwritten
         log_probs_t1 = torch.log_softmax(student_rows.float(), dim=-1)

@@ -179,16 +179,22 @@ def per_token_divergence(
 # near the matmul floor. Each is tested against autograd of the function above it (tests/test_losses.py).
 
 
-def _prepared(logits: torch.Tensor, temperature: float, overwrite: bool) -> torch.Tensor:
-    """Log-probabilities at `temperature`; with `overwrite`, computed in the float32 `logits` tensor itself, so a
-    chunk keeps one (C, V) tile per model fewer alive."""
+def _log_probs_and_probs(
+    logits: torch.Tensor, temperature: float, overwrite: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities and probabilities at `temperature`, with one `exp` pass: the probabilities are the
+    normaliser's own exponentials, rescaled. With `overwrite`, the float32 `logits` tensor itself becomes the
+    log-probabilities, so a chunk keeps one (C, V) tile per model fewer alive."""
     if overwrite and logits.dtype == torch.float32:
         # Logits of a linear head over finite weights are finite, so the -inf guard below is not needed here.
         z = logits.div_(temperature) if temperature != 1.0 else logits
         z.sub_(z.amax(-1, keepdim=True))
-        return z.sub_(z.exp().sum(-1, keepdim=True).log_())
+        probs = z.exp()
+        total = probs.sum(-1, keepdim=True)
+        return z.sub_(total.log()), probs.div_(total)
     z = logits.float()
-    return torch.log_softmax(z / temperature if temperature != 1.0 else z, dim=-1).clamp_min_(_FLOAT32_MIN)
+    log_probs = torch.log_softmax(z / temperature if temperature != 1.0 else z, dim=-1).clamp_min_(_FLOAT32_MIN)
+    return log_probs, log_probs.exp()
 
 
 def _through_softmax(p: torch.Tensor, grad_p: torch.Tensor) -> torch.Tensor:
@@ -227,20 +233,14 @@ def divergence_and_grad(
         loss = "forward_kl" if beta == 0.0 else "reverse_kl"
     if loss.startswith("skew_") and skew == 0.0:
         loss = loss[len("skew_") :]
-    log_ps = _prepared(student_logits, temperature, overwrite)
-    log_pt = _prepared(teacher_logits, temperature, overwrite)
-    p_t = log_pt.exp()
-    if loss == "forward_kl":  # the default: three (N, V) tiles alive at most
-        if overwrite:
-            value = log_pt.sub_(log_ps).mul_(p_t).sum(-1)
-            grad = torch.exp(log_ps, out=log_pt).sub_(p_t)  # the teacher's tile, free again, holds p_s − p_t
-        else:
-            value = (p_t * (log_pt - log_ps)).sum(-1)
-            grad = log_ps.exp().sub_(p_t)
+    log_ps, p_s = _log_probs_and_probs(student_logits, temperature, overwrite)
+    log_pt, p_t = _log_probs_and_probs(teacher_logits, temperature, overwrite)
+    if loss == "forward_kl":  # the default
+        value = log_pt.sub_(log_ps).mul_(p_t).sum(-1)  # log_pt, p_s: tiles of this call's own (or given to it)
+        grad = p_s.sub_(p_t)
         if temperature != 1.0:
             grad = grad.div_(temperature)
         return value, grad, log_ps
-    p_s = log_ps.exp()
     if loss == "reverse_kl":
         gap = log_ps - log_pt
         value = (p_s * gap).sum(-1)
