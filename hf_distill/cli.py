@@ -18,6 +18,14 @@ def _parser() -> argparse.ArgumentParser:
         "sets a DistillationConfig field, `--data.block_size 64` a key of another section.",
     )
     train.add_argument("config", help="path of the recipe YAML, e.g. trainer_configs/quickstart.yaml")
+    plan = commands.add_parser(
+        "plan",
+        help="print a recipe's memory plan per process without training",
+        description="Load a recipe's models and data and print what one process will hold (student weights, "
+        "gradients, optimizer state, teacher weights under its placement, activations, loss tiles) against its "
+        "device's memory. Exit status 1 when it does not fit. Takes the same `--field value` overrides as train.",
+    )
+    plan.add_argument("config", help="path of the recipe YAML")
     return parser
 
 
@@ -28,8 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"hf-distill: {error}", file=sys.stderr)
         return 2
-    from .run import run_recipe  # heavy imports only once the recipe is known to be valid
+    from .run import plan_recipe, run_recipe  # heavy imports only once the recipe is known to be valid
 
+    if args.command == "plan":
+        plan = plan_recipe(recipe)
+        print(plan.format())
+        if not plan.fits:
+            print(f"Does not fit. What would: {'; or '.join(plan.suggestions)}.")
+            return 1
+        return 0
     run_recipe(recipe)
     return 0
 

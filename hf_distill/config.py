@@ -57,6 +57,19 @@ class DistillationConfig(TrainingArguments):
             model's `(tokens, vocabulary)` logits ever exist. `None` (default) picks `2**24 // vocab_size` rounded
             down to a power of two; `0` turns it off. Evaluation that hands logits to `compute_metrics` uses the
             logits path.
+        teacher_placement (`str`, *optional*, defaults to `"auto"`):
+            Where the teacher lives under `accelerate launch`: `"auto"` shards it under FSDP2 and replicates it
+            otherwise; `"replicate"` keeps a full frozen copy per process; `"shard"` shards it with FSDP2's
+            `fully_shard` like the student; `"offload"` keeps its weights on CPU and streams them to the device
+            layer by layer; a device list such as `"cuda:1"` or `"cuda:1,cuda:2"` gives it devices of its own in a
+            single-process run (its logits come back to the student's device).
+        teacher_dtype (`str`, *optional*):
+            `float32`, `bfloat16` or `float16` for the teacher's weights; default the student's compute dtype.
+        preflight (`str`, *optional*, defaults to `"refuse"`):
+            Before training, log the memory plan of one process (student weights, gradients, optimizer state,
+            teacher weights under its placement, activations, loss tiles) against its device's memory; `"refuse"`
+            also refuses to start when the estimate exceeds it, naming a placement or batch size that would fit;
+            `"print"` only logs it; `"off"` skips it.
         merge_adapter_on_save (`bool`, *optional*, defaults to `False`):
             For a PEFT (LoRA, ...) student, `save_model()` writes a full model with the adapters merged in, loadable
             with transformers alone, instead of the adapter (`adapter_config.json`, `adapter_model.safetensors`).
@@ -108,6 +121,28 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    teacher_placement: str = field(
+        default="auto",
+        metadata={
+            "help": "Where the teacher lives: auto (shard under FSDP2, else replicate), replicate (a full copy per "
+            "process), shard (FSDP2 fully_shard, like the student), offload (weights on CPU, streamed to the device "
+            "layer by layer), or devices of its own in a single-process run, e.g. 'cuda:1' or 'cuda:1,cuda:2'."
+        },
+    )
+    teacher_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype of the teacher's weights: float32, bfloat16 or float16. Default: the student's compute "
+            "dtype (bfloat16 / float16 under bf16 / fp16 mixed precision, else the student's own)."
+        },
+    )
+    preflight: str = field(
+        default="refuse",
+        metadata={
+            "help": "Memory plan before training: refuse (log it, and refuse to start when the estimate exceeds the "
+            "device's memory), print (log it only) or off."
+        },
+    )
     merge_adapter_on_save: bool = field(
         default=False,
         metadata={
@@ -119,6 +154,12 @@ class DistillationConfig(TrainingArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.kd_objective()  # validates the distillation fields, naming the one at fault
+        if self.teacher_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"teacher_dtype={self.teacher_dtype!r}; use float32, bfloat16, float16 or leave it unset."
+            )
+        if self.preflight not in ("refuse", "print", "off"):
+            raise ValueError(f"preflight={self.preflight!r}; use refuse, print or off.")
         if self.kd_chunk_size is not None and self.kd_chunk_size < 0:
             raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be >= 0 (0 = off, None = automatic).")
 

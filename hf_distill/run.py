@@ -6,6 +6,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from . import assets
 from .adapters import is_peft_model, require_bitsandbytes
 from .data import causal_lm_datasets, classification_datasets
 from .logs import get_logger
+from .plan import MemoryPlan
 from .recipe import Recipe
 from .report import ModelRow, format_table, parameter_count, size_on_disk
 from .student_init import student_from_teacher_layers
@@ -67,13 +69,22 @@ def evaluate_task_metric(
     return metrics["eval_accuracy"] if classification else math.exp(metrics["eval_loss"])
 
 
-def run_recipe(recipe: Recipe) -> dict[str, Any]:
-    """Load teacher, student and data from `recipe`, distil, save the student, and report teacher vs student.
+@dataclass
+class Loaded:
+    """What a recipe loads before any training: arguments, tokenizer, models, data."""
 
-    Returns:
-        `dict` with the metric name and, per model, parameters, bytes on disk and metric (also written to
-        `<output_dir>/distillation_results.json`).
-    """
+    args: Any
+    tokenizer: Any
+    teacher_path: str
+    teacher: Any
+    student: Any
+    train: Any
+    evaluation: Any
+    collator: Any
+
+
+def load_recipe_parts(recipe: Recipe) -> Loaded:
+    """Load the tokenizer, teacher, student and datasets a recipe names (nothing is trained)."""
     args = recipe.training_arguments()
     if recipe.student.quantization:  # before anything is loaded
         require_bitsandbytes(f"student.quantization={recipe.student.quantization}")
@@ -104,22 +115,50 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
             **load_kwargs,
         )
     logger.info(f"{len(train)} training and {len(evaluation)} evaluation examples")
+    return Loaded(args, tokenizer, teacher_path, teacher, student, train, evaluation, collator)
+
+
+def build_trainer(recipe: Recipe, loaded: Loaded) -> DistillationTrainer:
+    return DistillationTrainer(
+        model=loaded.student,
+        teacher_model=loaded.teacher,
+        args=loaded.args,
+        train_dataset=loaded.train,
+        eval_dataset=loaded.evaluation,
+        data_collator=loaded.collator,
+        processing_class=loaded.tokenizer,
+        teacher_processing_class=loaded.tokenizer,
+        peft_config=recipe.peft_config(),
+    )
+
+
+def plan_recipe(recipe: Recipe) -> MemoryPlan:
+    """The preflight memory plan of a recipe: models and data are loaded, nothing is trained."""
+    return build_trainer(recipe, load_recipe_parts(recipe)).memory_plan()
+
+
+def run_recipe(recipe: Recipe) -> dict[str, Any]:
+    """Load teacher, student and data from `recipe`, distil, save the student, and report teacher vs student.
+
+    Returns:
+        `dict` with the metric name and, per model, parameters, bytes on disk and metric (also written to
+        `<output_dir>/distillation_results.json`).
+    """
+    loaded = load_recipe_parts(recipe)
+    args, teacher, student, evaluation, collator = (
+        loaded.args,
+        loaded.teacher,
+        loaded.student,
+        loaded.evaluation,
+        loaded.collator,
+    )
+    teacher_path = loaded.teacher_path
 
     metric_name = "perplexity (held out)" if recipe.task == "causal_lm" else "accuracy (held out)"
     teacher_metric = evaluate_task_metric(teacher, recipe, evaluation, collator, args)
     student_before = evaluate_task_metric(student, recipe, evaluation, collator, args)
 
-    trainer = DistillationTrainer(
-        model=student,
-        teacher_model=teacher,
-        args=args,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        data_collator=collator,
-        processing_class=tokenizer,
-        teacher_processing_class=tokenizer,
-        peft_config=recipe.peft_config(),
-    )
+    trainer = build_trainer(recipe, loaded)
     student = trainer.model  # with its adapters, when the recipe has a `peft` section
     trainer.train()
     trainer.save_model(args.output_dir)  # also saves the tokenizer (processing_class)

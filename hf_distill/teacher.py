@@ -24,6 +24,7 @@ from transformers import (
 
 from . import assets
 from .adapters import SHARED_BASE_TEACHER, base_head, is_peft_model
+from .placement import Placement, apply_placement
 from .tasks import is_encoder_decoder, unwrap_peft
 
 # Which Auto class loads a teacher for a student of a given head, by the student class's name suffix.
@@ -166,23 +167,33 @@ def freeze(teacher: nn.Module) -> nn.Module:
     return teacher
 
 
-def place_teacher(teacher: nn.Module, device: torch.device) -> nn.Module:
-    """Put the teacher on the student's device, or refuse when the user dispatched it elsewhere on purpose."""
+def place_teacher(teacher: nn.Module, device: torch.device, placement: Placement, accelerator: Any) -> nn.Module:
+    """Put the frozen teacher where `placement` says (see `hf_distill.placement`), or refuse a teacher that the user
+    already dispatched elsewhere on purpose or that has no weights."""
+    if isinstance(teacher, SharedBaseTeacher):  # it owns no weights: they are the student's
+        return teacher
     device_map = getattr(teacher, "hf_device_map", None)
     if device_map:
         devices = {str(d) for d in device_map.values()}
         if devices != {str(device)} and not (devices <= {"cpu"} and device.type == "cpu"):
             raise ValueError(
                 f"teacher_model is dispatched over {sorted(devices)} by a device_map, but the student trains on "
-                f"{device}. Load the teacher without `device_map` (the trainer puts it on the student's device); "
-                "teacher placements across devices are not supported yet."
+                f"{device}. Load the teacher without `device_map` and say where it goes with "
+                "`teacher_placement` (e.g. 'cuda:1,cuda:2' for devices of its own)."
             )
     if any(p.is_meta for p in teacher.parameters()):
         raise ValueError(
             "teacher_model has parameters on the 'meta' device (no weights loaded); load the teacher with its "
             "weights, e.g. `from_pretrained(...)` without `device_map='meta'`/`init_empty_weights`."
         )
-    return teacher.to(device)
+    return apply_placement(teacher, placement, device, accelerator)
+
+
+def cast_teacher(teacher: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The teacher's floating-point weights in `dtype` (its forward then runs under the student's autocast)."""
+    if isinstance(teacher, SharedBaseTeacher) or _model_dtype(teacher) == dtype:
+        return teacher
+    return teacher.to(dtype)
 
 
 def output_vocab_size(model: nn.Module) -> int | None:
@@ -283,18 +294,29 @@ def decoder_inputs(model: nn.Module, inputs: dict[str, Any], labels: torch.Tenso
 
 
 @torch.no_grad()
-def run_teacher(teacher: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None = None) -> TeacherOutput:
+def run_teacher(
+    teacher: nn.Module,
+    inputs: dict[str, Any],
+    labels: torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> TeacherOutput:
     """One frozen teacher forward on the student's batch.
 
     Args:
-        teacher (`nn.Module`): the frozen teacher, on the batch's device.
-        inputs (`dict`): the batch without labels.
+        teacher (`nn.Module`): the frozen teacher.
+        inputs (`dict`): the batch without labels, on the student's device.
         labels (`torch.Tensor`, *optional*): only used to build decoder inputs for encoder-decoder teachers.
+        device (`torch.device`, *optional*): the teacher's own device when it is not the student's; its inputs go
+            there and its logits come back to the student's device.
     """
     if teacher.training:  # something called .train() on it; dropout in the teacher would make the targets noisy
         teacher.eval()
-    outputs = teacher(**select_arguments(decoder_inputs(teacher, inputs, labels), accepted_arguments(teacher)))
-    return TeacherOutput(logits=model_logits(outputs, "teacher").detach())
+    teacher_inputs = select_arguments(decoder_inputs(teacher, inputs, labels), accepted_arguments(teacher))
+    home = next((v.device for v in teacher_inputs.values() if torch.is_tensor(v)), None)
+    if device is not None:
+        teacher_inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in teacher_inputs.items()}
+    logits = model_logits(teacher(**teacher_inputs), "teacher").detach()
+    return TeacherOutput(logits=logits if home is None else logits.to(home))
 
 
 def _short_name(config: Any) -> str:

@@ -12,7 +12,7 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import nested_detach
 from transformers.trainer_utils import EvalLoopOutput
 
-from .adapters import SHARED_BASE_TEACHER, is_peft_model, merged_copy, wrap_student
+from .adapters import is_peft_model, merged_copy, wrap_student
 from .config import distillation_setting, kd_objective_from_args
 from .lineage import build_lineage
 from .lm_head import capture_head_input, chunk_size_for, head_reproduces_logits, linear_head, slice_batch
@@ -20,21 +20,11 @@ from .logs import get_logger
 from .losses import KDObjective, ObjectiveSums, count_targets, normalize_token_sum, objective_sums
 from .losses.chunked import chunked_objective_sums
 from .metrics import DistillationMetrics
+from .placement import Placement, student_strategy
+from .plan import MemoryPlan, plan_run, refusal_message
 from .tasks import is_encoder_decoder, is_token_level, shifts_labels, unwrap_peft
-from .teacher import (
-    SharedBaseTeacher,
-    accepted_arguments,
-    decoder_inputs,
-    describe_teacher,
-    freeze,
-    load_teacher,
-    load_teacher_tokenizer,
-    model_logits,
-    place_teacher,
-    run_teacher,
-    select_arguments,
-    shared_vocab_size,
-)
+from .teacher import accepted_arguments, decoder_inputs, describe_teacher, model_logits, run_teacher, select_arguments
+from .teacher_setup import setup_teacher
 
 logger = get_logger(__name__)
 
@@ -114,7 +104,11 @@ class DistillationTrainer(Trainer):
                 "teacher's soft targets already replace one-hot labels); set it to 0."
             )
         self.kd_objective: KDObjective = kd_objective_from_args(self.args)
-        self.teacher_model = self._init_teacher(teacher_model, teacher_processing_class)
+        setup = setup_teacher(
+            teacher_model, self.model, self.args, self.accelerator, self.processing_class, teacher_processing_class
+        )
+        self.teacher_model, self._shared_vocab = setup.model, setup.shared_vocab
+        self._teacher_placement, self._teacher_device = setup.placement, setup.device
         if not self.label_names:  # plain modules: keep `labels` flowing to the loss and to compute_metrics
             self.label_names = ["labels"]
         self._shift_labels = shifts_labels(self.model)
@@ -125,28 +119,6 @@ class DistillationTrainer(Trainer):
         self._logits_wanted = False  # set by prediction_step when compute_metrics needs the student's logits
         self._train_metrics = DistillationMetrics.zeros(self.args.device)
         self._eval_metrics = DistillationMetrics.zeros(self.args.device)
-
-    def _init_teacher(self, teacher: nn.Module | str | None, teacher_tokenizer: Any | None) -> nn.Module:
-        teacher = teacher if teacher is not None else distillation_setting(self.args, "teacher_model_name_or_path")
-        if teacher is None:
-            raise ValueError(
-                "No teacher: pass `teacher_model=` (a model or a Hub id/local path) to DistillationTrainer, or set "
-                "`teacher_model_name_or_path` in DistillationConfig."
-            )
-        if teacher == SHARED_BASE_TEACHER:
-            teacher = SharedBaseTeacher(self.model)
-            teacher_tokenizer = teacher_tokenizer or self.processing_class
-        if isinstance(teacher, str):
-            trust_remote_code = distillation_setting(self.args, "teacher_trust_remote_code")
-            if teacher_tokenizer is None:
-                teacher_tokenizer = load_teacher_tokenizer(teacher, trust_remote_code)
-            teacher = load_teacher(teacher, self.model, trust_remote_code)
-        if not isinstance(teacher, nn.Module):
-            raise TypeError(f"teacher_model must be an nn.Module or a name/path, got {type(teacher).__name__}.")
-        if teacher is self.model:
-            raise ValueError("teacher_model is the student itself; pass a separate (frozen) teacher model.")
-        self._shared_vocab = shared_vocab_size(self.model, teacher, self.processing_class, teacher_tokenizer)
-        return place_teacher(freeze(teacher), self.args.device)
 
     # ---- data: the columns the loss needs must survive `remove_unused_columns` ----
 
@@ -214,7 +186,7 @@ class DistillationTrainer(Trainer):
         else:
             outputs = model(**student_inputs)
             with self.accelerator.autocast():
-                teacher_output = run_teacher(self.teacher_model, features, labels)
+                teacher_output = run_teacher(self.teacher_model, features, labels, self._teacher_device)
             sums = objective_sums(
                 self.kd_objective,
                 model_logits(outputs, "student"),
@@ -238,7 +210,16 @@ class DistillationTrainer(Trainer):
     def _resolve_chunk_size(self) -> int:
         if not (self._shift_labels or is_encoder_decoder(self.model)):  # per-token LM heads only
             return 0
-        return chunk_size_for(self.model, self.teacher_model, distillation_setting(self.args, "kd_chunk_size"))
+        chunk = chunk_size_for(self.model, self.teacher_model, distillation_setting(self.args, "kd_chunk_size"))
+        where = student_strategy(self.accelerator)
+        if chunk and (self._teacher_placement.kind != "replicate" or where in ("fsdp1", "fsdp2", "deepspeed")):
+            # Sharded, offloaded or elsewhere-placed heads are not whole tensors on this device between forwards.
+            logger.info(
+                f"The memory-efficient loss needs both LM heads whole on this device; with the student under "
+                f"'{where}' and the teacher placed '{self._teacher_placement.describe()}' the logits path is used."
+            )
+            return 0
+        return chunk
 
     def _use_chunked_loss(self, model: nn.Module, student_inputs: dict, features: dict, labels: Any) -> bool:
         if not self._chunk_size or (not model.training and self._logits_wanted):
@@ -379,7 +360,28 @@ class DistillationTrainer(Trainer):
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(tensor, reduction="sum") if self.accelerator.num_processes > 1 else tensor
 
+    @property
+    def teacher_placement(self) -> Placement:
+        """Where the teacher lives in this run (see `DistillationConfig.teacher_placement`)."""
+        return self._teacher_placement
+
+    @property
+    def kd_chunk_size(self) -> int:
+        """Tokens per chunk of the memory-efficient loss in this run; 0 when the logits path is used."""
+        return self._chunk_size
+
+    def memory_plan(self) -> MemoryPlan:
+        """What one process will hold against its device's memory (see `hf_distill.plan`); nothing is allocated."""
+        return plan_run(self)
+
     def train(self, *args: Any, **kwargs: Any) -> Any:
+        preflight = distillation_setting(self.args, "preflight")
+        if preflight != "off":
+            plan = self.memory_plan()  # every process decides alike: same models, arguments and device kind
+            if self.is_world_process_zero():
+                logger.info(plan.format())
+            if preflight == "refuse" and not plan.fits:
+                raise ValueError(refusal_message(plan))
         if self.is_world_process_zero():
             student = sum(p.numel() for p in self.model.parameters()) / 1e6
             trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad) / 1e6

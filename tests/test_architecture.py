@@ -14,10 +14,10 @@ MODULES = sorted(glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True))
 
 # Lower layers never import higher ones.
 LAYERS = [
-    {"losses", "logs", "tasks", "assets"},
+    {"losses", "logs", "tasks", "assets", "placement"},
     {"config", "metrics", "student_init", "recipe", "report", "adapters"},
     {"teacher", "data", "lm_head"},
-    {"lineage"},
+    {"lineage", "teacher_setup", "plan"},
     {"trainer"},
     {"run", "cli", "__main__", "__init__"},
 ]

@@ -16,7 +16,9 @@ from hf_distill.recipe import load_recipe
 from hf_distill.run import run_recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(REPO, "trainer_configs", "**", "*.yaml"), recursive=True))
+ALL_YAML = sorted(glob.glob(os.path.join(REPO, "trainer_configs", "**", "*.yaml"), recursive=True))
+ACCELERATE_CONFIGS = [p for p in ALL_YAML if os.sep + "accelerate" + os.sep in p]
+CONFIGS = [p for p in ALL_YAML if p not in ACCELERATE_CONFIGS]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, REPO) for p in CONFIGS])
@@ -29,7 +31,21 @@ def test_every_shipped_recipe_loads_and_opens_with_its_command(path):
     recipe.training_arguments()  # every `args` value is a valid DistillationConfig field value
 
 
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=[os.path.relpath(p, REPO) for p in ACCELERATE_CONFIGS])
+def test_every_accelerate_config_loads_with_accelerate_and_opens_with_its_launch_line(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    with open(path) as f:
+        first_line = f.readline().strip()
+    assert first_line.startswith(
+        f"# accelerate launch --config_file {os.path.relpath(path, REPO)} -m hf_distill train"
+    )
+    config = ClusterConfig.from_yaml_file(path)  # unknown keys raise
+    assert config.num_machines == 1
+
+
 def test_shipped_recipes_were_found():
+    assert {os.path.basename(p) for p in ACCELERATE_CONFIGS} == {"single_gpu.yaml", "multi_gpu_ddp.yaml", "fsdp2.yaml"}
     assert any(p.endswith("quickstart.yaml") for p in CONFIGS)
 
 

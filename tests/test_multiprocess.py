@@ -12,6 +12,7 @@ from tiny_models import save_tiny_teacher, tiny_recipe
 from transformers import AutoModelForCausalLM
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_parity.py")
+FSDP2_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "fsdp2_parity.py")
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 
 
@@ -34,6 +35,30 @@ def test_two_processes_match_one_process(tmp_path):
     _run([*LAUNCH_TWO, SCRIPT, double, "2", "2"])
     one, two = torch.load(single), torch.load(double)
     assert (one["world_size"], two["world_size"]) == (1, 2)
+    for name, value in one["params"].items():
+        torch.testing.assert_close(two["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    for a, b in zip(one["logs"], two["logs"]):
+        for key in ("loss", "kd_loss", "ce_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5), key
+
+
+LAUNCH_FSDP2 = [ACCELERATE, "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2"]
+LAUNCH_FSDP2 += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+LAUNCH_FSDP2 += ["--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--fsdp_transformer_layer_cls_to_wrap"]
+LAUNCH_FSDP2 += ["LlamaDecoderLayer", "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_reshard_after_forward"]
+LAUNCH_FSDP2 += ["true", "--fsdp_cpu_ram_efficient_loading", "false"]
+
+
+@pytest.mark.multiprocess
+def test_fsdp2_shards_student_and_teacher_and_matches_one_process(tmp_path):
+    single, double = str(tmp_path / "one" / "out.pt"), str(tmp_path / "two" / "out.pt")
+    _run([sys.executable, SCRIPT, single, "4", "1"])
+    # the launched script asserts world size 2, FSDP2, and the teacher's placement "shard"
+    _run([*LAUNCH_FSDP2, FSDP2_SCRIPT, double], env_extra={"ACCELERATE_USE_CPU": "0"})
+    one, two = torch.load(single), torch.load(double)
+    assert two["world_size"] == 2
+    assert two["shares"]["teacher"] == pytest.approx(0.5, abs=0.02)  # half of the teacher's elements per rank
+    assert two["shares"]["student"] == pytest.approx(0.5, abs=0.02)
     for name, value in one["params"].items():
         torch.testing.assert_close(two["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
     for a, b in zip(one["logs"], two["logs"]):

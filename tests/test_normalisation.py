@@ -4,7 +4,7 @@ different lengths, with and without labels, and all-ignored windows give zero lo
 import pytest
 import torch
 from datasets import Dataset
-from tiny_models import collate, examples, llama
+from tiny_models import PARITY_ARGS, collate, examples, llama
 
 from hf_distill import DistillationConfig, DistillationTrainer
 from hf_distill.losses import KDObjective, objective_sums
@@ -17,15 +17,8 @@ def _train(tmp_path, rows, batch, accumulation, **overrides):
         output_dir=str(tmp_path / f"b{batch}ga{accumulation}"),
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=accumulation,
-        max_steps=2,
-        optim="sgd",
-        learning_rate=0.5,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
+        **PARITY_ARGS,
         use_cpu=True,
-        disable_tqdm=True,
         data_seed=0,
         **overrides,
     )

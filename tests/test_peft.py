@@ -1,6 +1,7 @@
 """PEFT students and teachers: adapters train alone, reach the chunked loss through the head, save and reload to the
 same logits, merge on request; PEFT, adapter-folder and shared-base teachers; checkpointing, accumulation, resume."""
 
+import importlib.util
 import os
 
 import pytest
@@ -341,3 +342,27 @@ def test_lineage_knows_the_student_is_an_adapter_and_leaks_no_path(tmp_path):
     assert record.teacher["kind"] == "model" and record.teacher["architecture"] == "LlamaForCausalLM"
     assert "forward_kl" in record.method["objective"]
     assert str(tmp_path) not in (tmp_path / "saved" / LINEAGE_FILE).read_text()
+
+
+# ---- QLoRA: only where bitsandbytes runs ----
+
+needs_bitsandbytes_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None,
+    reason="QLoRA needs bitsandbytes and a CUDA GPU",
+)
+
+
+@needs_bitsandbytes_gpu
+def test_qlora_student_trains_only_its_adapters(tmp_path):
+    from transformers import BitsAndBytesConfig
+
+    llama(64, 2).save_pretrained(tmp_path / "base")
+    quantized = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "base", quantization_config=BitsAndBytesConfig(load_in_4bit=True), device_map={"": 0}
+    )
+    trainer = _trainer(
+        tmp_path / "out", quantized, llama(64, 2), LoraConfig(r=2, target_modules=["q_proj"]), max_steps=1
+    )
+    assert all("lora_" in n for n, p in trainer.model.named_parameters() if p.requires_grad)
+    trainer.train()
+    assert trainer.state.global_step == 1

@@ -21,6 +21,19 @@ from transformers import (
 VOCAB = 97  # odd on purpose
 NUM_LABELS = 3
 
+# Two steps of plain SGD at a constant rate, logged every step: runs that must agree (accumulation, processes,
+# sharding) then differ in nothing but what each test varies.
+PARITY_ARGS = {
+    "max_steps": 2,
+    "optim": "sgd",
+    "learning_rate": 0.5,
+    "lr_scheduler_type": "constant",
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "report_to": [],
+    "disable_tqdm": True,
+}
+
 
 def llama(hidden=32, layers=1, vocab=VOCAB):
     config = LlamaConfig(

@@ -277,6 +277,8 @@ def gather_rows(
             "positions; both models must see the same inputs."
         )
     targets = select_targets(student_aligned.shape[:-1], labels, attention_mask, shift_labels)
-    student_rows = student_aligned.reshape(-1, student_aligned.shape[-1]).index_select(0, targets.index)
-    teacher_rows = teacher_aligned.reshape(-1, teacher_aligned.shape[-1]).index_select(0, targets.index)
-    return student_rows, teacher_rows, targets
+    student_flat = student_aligned.reshape(-1, student_aligned.shape[-1])
+    teacher_flat = teacher_aligned.reshape(-1, teacher_aligned.shape[-1])
+    if targets.index.numel() == student_flat.shape[0]:  # every position counts: no copy of the (n, D) rows
+        return student_flat, teacher_flat, targets
+    return student_flat.index_select(0, targets.index), teacher_flat.index_select(0, targets.index), targets

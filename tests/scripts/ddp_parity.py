@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from tiny_models import collate, examples, llama  # noqa: E402
+from tiny_models import PARITY_ARGS, collate, examples, llama  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer  # noqa: E402
 
@@ -23,15 +23,8 @@ def main(out: str, per_device_batch: int, expected_world_size: int) -> None:
     args = DistillationConfig(
         output_dir=os.path.dirname(out),
         per_device_train_batch_size=per_device_batch,
-        max_steps=2,
-        optim="sgd",
-        learning_rate=0.5,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
+        **PARITY_ARGS,
         use_cpu=True,
-        disable_tqdm=True,
         ce_weight=0.5,
         kd_temperature=2.0,
     )

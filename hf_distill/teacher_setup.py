@@ -1,0 +1,87 @@
+"""From what the user passed as `teacher_model` to a frozen teacher in its place: resolve it (object, name, adapter
+folder or the student's own base), check its vocabulary against the student's, cast it, and place it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters import SHARED_BASE_TEACHER
+from .config import distillation_setting
+from .placement import Placement, resolve_placement, teacher_device
+from .teacher import (
+    SharedBaseTeacher,
+    cast_teacher,
+    freeze,
+    load_teacher,
+    load_teacher_tokenizer,
+    place_teacher,
+    shared_vocab_size,
+)
+
+
+@dataclass
+class TeacherSetup:
+    """The placed teacher and what the trainer needs to know about it.
+
+    Attributes:
+        model (`nn.Module`): the frozen teacher, placed.
+        shared_vocab (`int`, *optional*): leading logit entries to compare when the heads are padded differently.
+        placement (`Placement`): where it lives.
+        device (`torch.device`, *optional*): its own device when it is not the student's (inputs go there).
+    """
+
+    model: nn.Module
+    shared_vocab: int | None
+    placement: Placement
+    device: torch.device | None
+
+
+def teacher_compute_dtype(args: Any, student: nn.Module) -> torch.dtype:
+    """`teacher_dtype` when set, else the student's compute dtype (bf16/fp16 under mixed precision)."""
+    name = distillation_setting(args, "teacher_dtype")
+    if name:
+        return getattr(torch, name)
+    if getattr(args, "bf16", False):
+        return torch.bfloat16
+    if getattr(args, "fp16", False):
+        return torch.float16
+    return next((p.dtype for p in student.parameters() if p.is_floating_point()), torch.float32)
+
+
+def setup_teacher(
+    teacher: nn.Module | str | None,
+    student: nn.Module,
+    args: Any,
+    accelerator: Any,
+    student_tokenizer: Any | None = None,
+    teacher_tokenizer: Any | None = None,
+) -> TeacherSetup:
+    """Resolve, check, freeze, cast and place the teacher for `student` (see `DistillationTrainer`)."""
+    teacher = teacher if teacher is not None else distillation_setting(args, "teacher_model_name_or_path")
+    if teacher is None:
+        raise ValueError(
+            "No teacher: pass `teacher_model=` (a model or a Hub id/local path) to DistillationTrainer, or set "
+            "`teacher_model_name_or_path` in DistillationConfig."
+        )
+    if teacher == SHARED_BASE_TEACHER:
+        teacher = SharedBaseTeacher(student)
+        teacher_tokenizer = teacher_tokenizer or student_tokenizer
+    if isinstance(teacher, str):
+        trust_remote_code = distillation_setting(args, "teacher_trust_remote_code")
+        if teacher_tokenizer is None:
+            teacher_tokenizer = load_teacher_tokenizer(teacher, trust_remote_code)
+        teacher = load_teacher(teacher, student, trust_remote_code)
+    if not isinstance(teacher, nn.Module):
+        raise TypeError(f"teacher_model must be an nn.Module or a name/path, got {type(teacher).__name__}.")
+    if teacher is student:
+        raise ValueError("teacher_model is the student itself; pass a separate (frozen) teacher model.")
+    shared_vocab = shared_vocab_size(student, teacher, student_tokenizer, teacher_tokenizer)
+    placement = resolve_placement(distillation_setting(args, "teacher_placement"), accelerator)
+    teacher = cast_teacher(freeze(teacher), teacher_compute_dtype(args, student))
+    teacher = place_teacher(teacher, args.device, placement, accelerator)
+    own_device = teacher_device(teacher, placement, args.device)
+    return TeacherSetup(teacher, shared_vocab, placement, None if own_device == args.device else own_device)
