@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_parity.py")
 FSDP2_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "fsdp2_parity.py")
+DDP_CHECKS_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_checks.py")
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 
 
@@ -40,6 +41,19 @@ def test_two_processes_match_one_process(tmp_path):
     for a, b in zip(one["logs"], two["logs"]):
         for key in ("loss", "kd_loss", "ce_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
+
+
+@pytest.mark.multiprocess
+def test_ddp_ranks_agree_teacher_stays_frozen_and_unsaved_and_resume_is_exact(tmp_path):
+    _run([*LAUNCH_TWO, DDP_CHECKS_SCRIPT, str(tmp_path)])  # the script asserts world size 2 and MULTI_CPU
+    checks = json.loads((tmp_path / "checks.json").read_text())
+    assert checks["identical_across_ranks"] and checks["teacher_unchanged"] and checks["teacher_frozen"]
+    assert checks["checkpoint_holds_student_only"], checks["checkpoint_files"]
+    full, resumed = checks["losses"]["full"], checks["losses"]["resumed"]
+    # JSON keys; steps 1-2 come back with the checkpoint's trainer state, 3-4 are trained again after resuming
+    assert set(resumed) == set(full) == {"1", "2", "3", "4"}
+    for step in ("3", "4"):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-6), step
 
 
 LAUNCH_FSDP2 = [ACCELERATE, "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2"]
