@@ -58,11 +58,14 @@ class DistillationConfig(TrainingArguments):
             down to a power of two; `0` turns it off. Evaluation that hands logits to `compute_metrics` uses the
             logits path.
         teacher_placement (`str`, *optional*, defaults to `"auto"`):
-            Where the teacher lives under `accelerate launch`: `"auto"` shards it under FSDP2 and replicates it
-            otherwise; `"replicate"` keeps a full frozen copy per process; `"shard"` shards it with FSDP2's
-            `fully_shard` like the student; `"offload"` keeps its weights on CPU and streams them to the device
-            layer by layer; a device list such as `"cuda:1"` or `"cuda:1,cuda:2"` gives it devices of its own in a
+            Where the teacher lives under `accelerate launch`: `"auto"` shards it under FSDP2 or DeepSpeed ZeRO-3 and
+            replicates it otherwise; `"replicate"` keeps a full frozen copy per process; `"shard"` shards it like the
+            student (FSDP2's `fully_shard`, or a forward-only ZeRO-3 engine); `"offload"` keeps its weights on CPU
+            and streams them to the device layer by layer; a device list such as `"cuda:1"` or `"cuda:1,cuda:2"` gives it devices of its own in a
             single-process run (its logits come back to the student's device).
+        teacher_deepspeed_config (`str`, *optional*):
+            Under a DeepSpeed ZeRO-3 student, the path of a DeepSpeed JSON for the teacher's (forward-only, ZeRO-3)
+            engine; default the student's config without optimizer and scheduler.
         teacher_dtype (`str`, *optional*):
             `float32`, `bfloat16` or `float16` for the teacher's weights; default the student's compute dtype.
         preflight (`str`, *optional*, defaults to `"refuse"`):
@@ -124,9 +127,16 @@ class DistillationConfig(TrainingArguments):
     teacher_placement: str = field(
         default="auto",
         metadata={
-            "help": "Where the teacher lives: auto (shard under FSDP2, else replicate), replicate (a full copy per "
-            "process), shard (FSDP2 fully_shard, like the student), offload (weights on CPU, streamed to the device "
-            "layer by layer), or devices of its own in a single-process run, e.g. 'cuda:1' or 'cuda:1,cuda:2'."
+            "help": "Where the teacher lives: auto (shard under FSDP2 or ZeRO-3, else replicate), replicate (a full "
+            "copy per process), shard (FSDP2 fully_shard or a ZeRO-3 engine, like the student), offload (weights "
+            "on CPU, streamed to the device layer by layer), or devices of its own in a single-process run, e.g. 'cuda:1' or 'cuda:1,cuda:2'."
+        },
+    )
+    teacher_deepspeed_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "Under a DeepSpeed ZeRO-3 student with teacher_placement shard/auto: a DeepSpeed JSON for the "
+            "teacher's engine instead of the student's config (its optimizer and scheduler are dropped either way)."
         },
     )
     teacher_dtype: str | None = field(

@@ -1,11 +1,13 @@
-"""Where the teacher lives under `accelerate launch`: a full frozen copy per process, sharded like an FSDP2 student,
-offloaded to CPU and streamed layer by layer, or on devices of its own in a single-process run.
+"""Where the teacher lives under `accelerate launch`: a full frozen copy per process, sharded like an FSDP2 or
+DeepSpeed ZeRO-3 student, offloaded to CPU and streamed layer by layer, or on devices of its own in a single-process run.
 
 Every process takes the same decisions from the same state, so the control flow never diverges between ranks.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 from dataclasses import dataclass
 
 import torch
@@ -27,12 +29,16 @@ class Placement:
 
 
 def student_strategy(accelerator) -> str:
-    """How the student is distributed: `fsdp2`, `fsdp1`, `deepspeed`, `ddp` or `single`."""
+    """How the student is distributed: `fsdp2`, `fsdp1`, `zero3`, `deepspeed` (ZeRO stages 0-2), `ddp` or `single`."""
     if accelerator.distributed_type == DistributedType.FSDP:
         return "fsdp2" if getattr(accelerator, "is_fsdp2", False) else "fsdp1"
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return "deepspeed"
+        plugin = accelerator.state.deepspeed_plugin
+        return "zero3" if plugin is not None and plugin.zero_stage == 3 else "deepspeed"
     return "ddp" if accelerator.num_processes > 1 else "single"
+
+
+SHARDED_STRATEGIES = ("fsdp1", "fsdp2", "zero3")
 
 
 def _check_devices(value: str) -> tuple[str, ...]:
@@ -59,15 +65,15 @@ def resolve_placement(value: str, accelerator) -> Placement:
     """Turn `DistillationConfig.teacher_placement` into a concrete placement for this run, or a clear error."""
     strategy = student_strategy(accelerator)
     if value == "auto":
-        return Placement("shard" if strategy == "fsdp2" else "replicate")
+        return Placement("shard" if strategy in ("fsdp2", "zero3") else "replicate")
     if value in ("replicate", "offload"):
         return Placement(value)
     if value == "shard":
-        if strategy != "fsdp2":
+        if strategy not in ("fsdp2", "zero3"):
             raise ValueError(
-                f"teacher_placement='shard' shards the teacher like an FSDP2 student, but the student runs "
-                f"'{strategy}'. Launch with FSDP2 (trainer_configs/accelerate/fsdp2.yaml), or use 'replicate' (a "
-                "full copy per process) or 'offload' (teacher weights on CPU, streamed to the device)."
+                f"teacher_placement='shard' shards the teacher like an FSDP2 or DeepSpeed ZeRO-3 student, but the "
+                f"student runs '{strategy}'. Launch with FSDP2 or ZeRO-3 (trainer_configs/accelerate/), or use "
+                "'replicate' (a full copy per process) or 'offload' (teacher weights on CPU, streamed to the device)."
             )
         return Placement("shard")
     devices = _check_devices(value)
@@ -94,6 +100,26 @@ def _shard_like_student(teacher: nn.Module, accelerator) -> nn.Module:
     return teacher
 
 
+def _shard_with_deepspeed(teacher: nn.Module, accelerator, teacher_config: str | dict | None) -> nn.Module:
+    """A ZeRO-3 inference engine for the teacher: the student's DeepSpeed config (or `teacher_deepspeed_config`)
+    without optimizer and scheduler, so each process holds its share of the teacher's weights."""
+    import deepspeed
+
+    if isinstance(teacher_config, str):
+        with open(teacher_config) as f:
+            teacher_config = json.load(f)
+    config = copy.deepcopy(teacher_config or accelerator.state.deepspeed_plugin.deepspeed_config)
+    config.pop("optimizer", None)
+    config.pop("scheduler", None)
+    config.setdefault("zero_optimization", {})["stage"] = 3
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        if config.get(key) == "auto":  # not used for a forward-only engine, but DeepSpeed refuses "auto"
+            config[key] = accelerator.state.deepspeed_plugin.deepspeed_config.get(key, 1)
+    engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    engine.eval()
+    return engine
+
+
 def _on_devices(teacher: nn.Module, devices: tuple[str, ...]) -> nn.Module:
     from accelerate import dispatch_model, infer_auto_device_map
 
@@ -108,11 +134,19 @@ def _on_devices(teacher: nn.Module, devices: tuple[str, ...]) -> nn.Module:
     return dispatch_model(teacher, device_map=device_map)
 
 
-def apply_placement(teacher: nn.Module, placement: Placement, device: torch.device, accelerator) -> nn.Module:
+def apply_placement(
+    teacher: nn.Module,
+    placement: Placement,
+    device: torch.device,
+    accelerator,
+    teacher_deepspeed_config: str | dict | None = None,
+) -> nn.Module:
     """Put the frozen teacher where `placement` says; the returned module is what the trainer calls."""
     if placement.kind == "replicate":
         # `prepare_model` skips device placement under FSDP unless asked; `.to()` is explicit here.
         return teacher.to(device)
+    if placement.kind == "shard" and student_strategy(accelerator) == "zero3":
+        return _shard_with_deepspeed(teacher, accelerator, teacher_deepspeed_config)
     if placement.kind == "shard":
         return _shard_like_student(teacher.to(device), accelerator)
     if placement.kind == "offload":

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .lm_head import linear_head
-from .placement import student_strategy
+from .placement import SHARDED_STRATEGIES, student_strategy
 
 _GIB = 1024**3
 
@@ -202,7 +202,7 @@ def plan_run(trainer) -> MemoryPlan:
     """The plan of a `DistillationTrainer` before it trains: its models, arguments, placement and data."""
     args, accelerator = trainer.args, trainer.accelerator
     optimizer = str(getattr(args.optim, "value", args.optim))
-    student_sharded = student_strategy(accelerator) in ("fsdp1", "fsdp2", "deepspeed")
+    student_sharded = student_strategy(accelerator) in SHARDED_STRATEGIES
     placement = trainer.teacher_placement.kind
     if not any(True for _ in trainer.teacher_model.parameters()):
         placement = "shared_base"

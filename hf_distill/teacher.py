@@ -167,7 +167,13 @@ def freeze(teacher: nn.Module) -> nn.Module:
     return teacher
 
 
-def place_teacher(teacher: nn.Module, device: torch.device, placement: Placement, accelerator: Any) -> nn.Module:
+def place_teacher(
+    teacher: nn.Module,
+    device: torch.device,
+    placement: Placement,
+    accelerator: Any,
+    teacher_deepspeed_config: str | dict | None = None,
+) -> nn.Module:
     """Put the frozen teacher where `placement` says (see `hf_distill.placement`), or refuse a teacher that the user
     already dispatched elsewhere on purpose or that has no weights."""
     if isinstance(teacher, SharedBaseTeacher):  # it owns no weights: they are the student's
@@ -186,7 +192,7 @@ def place_teacher(teacher: nn.Module, device: torch.device, placement: Placement
             "teacher_model has parameters on the 'meta' device (no weights loaded); load the teacher with its "
             "weights, e.g. `from_pretrained(...)` without `device_map='meta'`/`init_empty_weights`."
         )
-    return apply_placement(teacher, placement, device, accelerator)
+    return apply_placement(teacher, placement, device, accelerator, teacher_deepspeed_config)
 
 
 def cast_teacher(teacher: nn.Module, dtype: torch.dtype) -> nn.Module:

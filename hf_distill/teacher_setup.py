@@ -82,6 +82,8 @@ def setup_teacher(
     shared_vocab = shared_vocab_size(student, teacher, student_tokenizer, teacher_tokenizer)
     placement = resolve_placement(distillation_setting(args, "teacher_placement"), accelerator)
     teacher = cast_teacher(freeze(teacher), teacher_compute_dtype(args, student))
-    teacher = place_teacher(teacher, args.device, placement, accelerator)
+    teacher = place_teacher(
+        teacher, args.device, placement, accelerator, distillation_setting(args, "teacher_deepspeed_config")
+    )
     own_device = teacher_device(teacher, placement, args.device)
     return TeacherSetup(teacher, shared_vocab, placement, None if own_device == args.device else own_device)

@@ -212,7 +212,7 @@ class DistillationTrainer(Trainer):
             return 0
         chunk = chunk_size_for(self.model, self.teacher_model, distillation_setting(self.args, "kd_chunk_size"))
         where = student_strategy(self.accelerator)
-        if chunk and (self._teacher_placement.kind != "replicate" or where in ("fsdp1", "fsdp2", "deepspeed")):
+        if chunk and (self._teacher_placement.kind != "replicate" or where not in ("single", "ddp")):
             # Sharded, offloaded or elsewhere-placed heads are not whole tensors on this device between forwards.
             logger.info(
                 f"The memory-efficient loss needs both LM heads whole on this device; with the student under "

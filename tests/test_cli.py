@@ -42,10 +42,16 @@ def test_every_accelerate_config_loads_with_accelerate_and_opens_with_its_launch
     )
     config = ClusterConfig.from_yaml_file(path)  # unknown keys raise
     assert config.num_machines == 1
+    json_file = (config.deepspeed_config or {}).get("deepspeed_config_file")
+    if json_file:  # the DeepSpeed JSON it names exists, parses, and leaves precision to it alone
+        with open(os.path.join(REPO, json_file)) as f:
+            assert json.load(f)["zero_optimization"]["stage"] == 3
+        assert config.mixed_precision in (None, "no")
 
 
 def test_shipped_recipes_were_found():
-    assert {os.path.basename(p) for p in ACCELERATE_CONFIGS} == {"single_gpu.yaml", "multi_gpu_ddp.yaml", "fsdp2.yaml"}
+    names = {os.path.basename(p) for p in ACCELERATE_CONFIGS}
+    assert names == {"single_gpu.yaml", "multi_gpu_ddp.yaml", "fsdp2.yaml", "zero3.yaml"}
     assert any(p.endswith("quickstart.yaml") for p in CONFIGS)
 
 

@@ -12,8 +12,9 @@ from tiny_models import save_tiny_teacher, tiny_recipe
 from transformers import AutoModelForCausalLM
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_parity.py")
-FSDP2_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "fsdp2_parity.py")
+SHARDED_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "sharded_parity.py")
 DDP_CHECKS_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_checks.py")
+ZERO3_CONFIG = os.path.join(os.path.dirname(__file__), "scripts", "ds_zero3.json")
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 
 
@@ -63,12 +64,11 @@ LAUNCH_FSDP2 += ["LlamaDecoderLayer", "--fsdp_state_dict_type", "FULL_STATE_DICT
 LAUNCH_FSDP2 += ["true", "--fsdp_cpu_ram_efficient_loading", "false"]
 
 
-@pytest.mark.multiprocess
-def test_fsdp2_shards_student_and_teacher_and_matches_one_process(tmp_path):
+def _sharded_matches_one_process(tmp_path, launch, mode):
     single, double = str(tmp_path / "one" / "out.pt"), str(tmp_path / "two" / "out.pt")
     _run([sys.executable, SCRIPT, single, "4", "1"])
-    # the launched script asserts world size 2, FSDP2, and the teacher's placement "shard"
-    _run([*LAUNCH_FSDP2, FSDP2_SCRIPT, double], env_extra={"ACCELERATE_USE_CPU": "0"})
+    # the launched script asserts world size 2, the intended strategy, and the teacher's placement "shard"
+    _run([*launch, SHARDED_SCRIPT, mode, double], env_extra={"ACCELERATE_USE_CPU": "0"})
     one, two = torch.load(single), torch.load(double)
     assert two["world_size"] == 2
     assert two["shares"]["teacher"] == pytest.approx(0.5, abs=0.02)  # half of the teacher's elements per rank
@@ -78,6 +78,22 @@ def test_fsdp2_shards_student_and_teacher_and_matches_one_process(tmp_path):
     for a, b in zip(one["logs"], two["logs"]):
         for key in ("loss", "kd_loss", "ce_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
+
+
+@pytest.mark.multiprocess
+def test_fsdp2_shards_student_and_teacher_and_matches_one_process(tmp_path):
+    _sharded_matches_one_process(tmp_path, LAUNCH_FSDP2, "fsdp2")
+
+
+LAUNCH_ZERO3 = [ACCELERATE, "launch", "--use_deepspeed", "--deepspeed_config_file", ZERO3_CONFIG]
+LAUNCH_ZERO3 += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.deepspeed
+def test_zero3_shards_student_and_teacher_and_matches_one_process(tmp_path):
+    pytest.importorskip("deepspeed", reason="the ZeRO-3 tier needs deepspeed (.ci/run installs it)")
+    _sharded_matches_one_process(tmp_path, LAUNCH_ZERO3, "zero3")
 
 
 @pytest.mark.multiprocess

@@ -24,8 +24,14 @@ def _loss(trainer):
     return trainer.compute_loss(trainer.model, collate(examples("causal_lm", 4))).item()
 
 
-def _state(distributed_type=DistributedType.NO, processes=1, fsdp2=False):
-    return SimpleNamespace(distributed_type=distributed_type, num_processes=processes, is_fsdp2=fsdp2)
+def _state(distributed_type=DistributedType.NO, processes=1, fsdp2=False, zero_stage=None):
+    plugin = None if zero_stage is None else SimpleNamespace(zero_stage=zero_stage)
+    return SimpleNamespace(
+        distributed_type=distributed_type,
+        num_processes=processes,
+        is_fsdp2=fsdp2,
+        state=SimpleNamespace(deepspeed_plugin=plugin),
+    )
 
 
 @pytest.mark.parametrize(
@@ -35,6 +41,8 @@ def _state(distributed_type=DistributedType.NO, processes=1, fsdp2=False):
         ("auto", _state(DistributedType.MULTI_CPU, 2), Placement("replicate")),
         ("auto", _state(DistributedType.FSDP, 2, fsdp2=True), Placement("shard")),
         ("shard", _state(DistributedType.FSDP, 2, fsdp2=True), Placement("shard")),
+        ("auto", _state(DistributedType.DEEPSPEED, 2, zero_stage=3), Placement("shard")),
+        ("auto", _state(DistributedType.DEEPSPEED, 2, zero_stage=2), Placement("replicate")),
         ("offload", _state(DistributedType.MULTI_CPU, 2), Placement("offload")),
         ("cpu", _state(), Placement("devices", ("cpu",))),
     ],
@@ -48,6 +56,7 @@ def test_placement_follows_the_student_strategy(value, state, expected):
     [
         ("shard", _state(DistributedType.MULTI_CPU, 2), "teacher_placement='shard'.*student runs 'ddp'.*'replicate'"),
         ("shard", _state(), "student runs 'single'"),
+        ("shard", _state(DistributedType.DEEPSPEED, 2, zero_stage=2), "student runs 'deepspeed'"),
         ("cuda:3", _state(), "teacher_placement='cuda:3' names cuda:3, but this machine has 0 CUDA device"),
         ("replicat", _state(), "'replicat' is not a placement \\(auto, replicate, shard, offload\\)"),
         ("cpu", _state(DistributedType.MULTI_CPU, 2), "only works in a single-process run; this run has 2"),
