@@ -91,9 +91,10 @@ LAUNCH_ZERO3 += ["--num_processes", "2", "--num_machines", "1", "--mixed_precisi
 
 @pytest.mark.multiprocess
 @pytest.mark.deepspeed
-def test_zero3_shards_student_and_teacher_and_matches_one_process(tmp_path):
+@pytest.mark.parametrize("mode", ["zero3", "zero3_teacher_config"])
+def test_zero3_shards_student_and_teacher_and_matches_one_process(tmp_path, mode):
     pytest.importorskip("deepspeed", reason="the ZeRO-3 tier needs deepspeed (.ci/run installs it)")
-    _sharded_matches_one_process(tmp_path, LAUNCH_ZERO3, "zero3")
+    _sharded_matches_one_process(tmp_path, LAUNCH_ZERO3, mode)
 
 
 @pytest.mark.multiprocess

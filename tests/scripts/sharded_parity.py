@@ -12,6 +12,7 @@ configures the gloo state itself before the arguments are built:
         tests/scripts/sharded_parity.py fsdp2 OUT.pt
     accelerate launch --use_deepspeed --deepspeed_config_file tests/scripts/ds_zero3.json --num_processes 2 \
         --num_machines 1 --mixed_precision no --dynamo_backend no tests/scripts/sharded_parity.py zero3 OUT.pt
+(`zero3_teacher_config` instead of `zero3`: the teacher's engine from `teacher_deepspeed_config`.)
 """
 
 import os
@@ -64,6 +65,10 @@ def _check_launch(trainer: DistillationTrainer, mode: str) -> None:
 
 
 def main(mode: str, out: str) -> None:
+    # zero3_teacher_config: the teacher's engine from `teacher_deepspeed_config` instead of the student's config
+    own_config = {"teacher_deepspeed_config": os.path.join(os.path.dirname(__file__), "ds_zero3.json")}
+    extra = own_config if mode == "zero3_teacher_config" else {}
+    mode = "zero3" if mode.startswith("zero3") else mode
     _configure_state(mode)
     torch.manual_seed(0)
     student, teacher = llama(32, 1), llama(64, 2)
@@ -74,6 +79,7 @@ def main(mode: str, out: str) -> None:
         ce_weight=0.5,
         kd_temperature=2.0,
         accelerator_config={"use_configured_state": True},
+        **extra,
     )
     trainer = DistillationTrainer(
         model=student,
