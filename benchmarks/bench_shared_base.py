@@ -27,29 +27,19 @@ VARIANTS = ["shared_base", "separate_copy"]
 
 def _child(variant: str, hidden: int, layers: int, vocab: int, seq_len: int) -> None:
     import torch
+    from bench_step import _llama  # the same random Llama as the step benchmark
     from peft import LoraConfig
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from hf_distill import DistillationConfig, DistillationTrainer
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     before = rss_mb()
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-    )
-    base = LlamaForCausalLM(config)
+    base = _llama(hidden, layers, vocab)
     if variant == "shared_base":
         teacher = "base"
     else:
-        teacher = LlamaForCausalLM(config)
+        teacher = _llama(hidden, layers, vocab)
         teacher.load_state_dict(base.state_dict())
     lora = LoraConfig(r=16, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False)
     ids = torch.randint(0, vocab, (4, seq_len))

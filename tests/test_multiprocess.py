@@ -30,6 +30,16 @@ def _run(command, env_extra=None):
     return result
 
 
+def _assert_same_training(one, two):
+    """Final student parameters to 1e-5 and every logged loss term to 1e-5 relative."""
+    for name, value in one["params"].items():
+        torch.testing.assert_close(two["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert len(one["logs"]) == len(two["logs"]) > 0
+    for a, b in zip(one["logs"], two["logs"]):
+        for key in ("loss", "kd_loss", "ce_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5), key
+
+
 @pytest.mark.multiprocess
 def test_two_processes_match_one_process(tmp_path):
     single, double = str(tmp_path / "one" / "out.pt"), str(tmp_path / "two" / "out.pt")
@@ -37,11 +47,7 @@ def test_two_processes_match_one_process(tmp_path):
     _run([*LAUNCH_TWO, SCRIPT, double, "2", "2"])
     one, two = torch.load(single), torch.load(double)
     assert (one["world_size"], two["world_size"]) == (1, 2)
-    for name, value in one["params"].items():
-        torch.testing.assert_close(two["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
-    for a, b in zip(one["logs"], two["logs"]):
-        for key in ("loss", "kd_loss", "ce_loss"):
-            assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    _assert_same_training(one, two)
 
 
 @pytest.mark.multiprocess
@@ -73,11 +79,7 @@ def _sharded_matches_one_process(tmp_path, launch, mode):
     assert two["world_size"] == 2
     assert two["shares"]["teacher"] == pytest.approx(0.5, abs=0.02)  # half of the teacher's elements per rank
     assert two["shares"]["student"] == pytest.approx(0.5, abs=0.02)
-    for name, value in one["params"].items():
-        torch.testing.assert_close(two["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
-    for a, b in zip(one["logs"], two["logs"]):
-        for key in ("loss", "kd_loss", "ce_loss"):
-            assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    _assert_same_training(one, two)
 
 
 @pytest.mark.multiprocess
