@@ -156,10 +156,6 @@ def apply_placement(
     return _on_devices(teacher, placement.devices)
 
 
-def teacher_device(teacher: nn.Module, placement: Placement, device: torch.device) -> torch.device:
+def teacher_device(placement: Placement, device: torch.device) -> torch.device:
     """The device the teacher's inputs go to (its first device when it has its own)."""
     return torch.device(placement.devices[0]) if placement.kind == "devices" else device
-
-
-def is_sharded(placement: Placement) -> bool:
-    return placement.kind == "shard"

@@ -9,6 +9,7 @@ and says which placement or batch size would fit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -148,7 +149,7 @@ def _suggestions(inputs: PlanInputs, plan: MemoryPlan) -> list[str]:
         for placement in ("shard", "offload"):
             if placement == "shard" and not inputs.student_sharded:
                 continue
-            other = PlanInputs(**{**inputs.__dict__, "teacher_placement": placement})
+            other = dataclasses.replace(inputs, teacher_placement=placement)
             if fixed_without_teacher + _teacher_bytes(other) + plan.scalable <= plan.capacity:
                 found.append(f"teacher_placement='{placement}'")
     room = plan.capacity - (plan.total - plan.scalable)
@@ -189,7 +190,8 @@ def _sequence_length(dataset, limit: int = 256) -> int:
         return 0
     lengths = []
     for index in range(min(len(dataset), limit)):
-        ids = dataset[index].get("input_ids") if isinstance(dataset[index], dict) else None
+        example = dataset[index]
+        ids = example.get("input_ids") if isinstance(example, dict) else None
         if ids is not None:
             lengths.append(len(ids))
     return max(lengths, default=0)

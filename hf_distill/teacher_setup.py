@@ -85,5 +85,5 @@ def setup_teacher(
     teacher = place_teacher(
         teacher, args.device, placement, accelerator, distillation_setting(args, "teacher_deepspeed_config")
     )
-    own_device = teacher_device(teacher, placement, args.device)
+    own_device = teacher_device(placement, args.device)
     return TeacherSetup(teacher, shared_vocab, placement, None if own_device == args.device else own_device)
