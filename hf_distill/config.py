@@ -91,6 +91,13 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={"help": "Teacher to load when no `teacher_model` object is given: a Hub id or a local folder."},
     )
+    teacher_revision: str | None = field(
+        default=None,
+        metadata={
+            "help": "Branch, tag or commit of a teacher loaded by name. Resolved to a commit sha before loading; the "
+            "weights are loaded at that sha and the student's lineage names it."
+        },
+    )
     teacher_trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Let the teacher's repository run its own Python code when loading. Off by default."},
@@ -158,6 +165,22 @@ class DistillationConfig(TrainingArguments):
         metadata={
             "help": "For a PEFT student: `save_model()` writes the adapters merged into a full model instead of the "
             "adapter alone. Checkpoints always hold the adapter."
+        },
+    )
+
+    acknowledge_teacher_license: bool = field(
+        default=False,
+        metadata={
+            "help": "Push even though the teacher's license is unknown or has terms hf_distill cannot check (e.g. "
+            "Llama 2's), or under a student license other than the one the teacher's terms carry over. You confirm "
+            "you have read the teacher's terms; the card records it."
+        },
+    )
+    override_name_prefix: bool = field(
+        default=False,
+        metadata={
+            "help": "Push under a repository name without the prefix the teacher's license requires (e.g. Llama's "
+            "'Llama'); the card records the override."
         },
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from datasets import Dataset, load_dataset
@@ -43,7 +44,21 @@ def causal_lm_datasets(spec: DataSpec, tokenizer: Any) -> tuple[Dataset, Dataset
     )
     if spec.max_train_examples is not None:
         train = train.select(range(min(spec.max_train_examples, len(train))))
-    return train, evaluation
+    return _named(train, spec), _named(evaluation, spec)
+
+
+def _named(dataset: Dataset, spec: DataSpec) -> Dataset:
+    """Name the dataset after its source (for the student's lineage): a packaged text or Hub id as given, a local
+    file or folder by its base name only."""
+    if spec.text_file is None and spec.data_files:  # a format name (csv, json) with files: name the files
+        files = [spec.data_files] if isinstance(spec.data_files, str) else list(spec.data_files)
+        dataset.info.dataset_name = ",".join(os.path.basename(f) for f in files)
+        return dataset
+    source = spec.text_file or spec.dataset
+    if source and not assets.is_packaged(source) and os.path.exists(source):
+        source = os.path.basename(os.path.normpath(source))
+    dataset.info.dataset_name = source
+    return dataset
 
 
 def classification_datasets(spec: DataSpec, tokenizer: Any) -> tuple[Dataset, Dataset, list[str]]:
@@ -67,4 +82,4 @@ def classification_datasets(spec: DataSpec, tokenizer: Any) -> tuple[Dataset, Da
     train = split["train"]
     if spec.max_train_examples is not None:
         train = train.select(range(min(spec.max_train_examples, len(train))))
-    return train, split["test"], names
+    return _named(train, spec), _named(split["test"], spec), names

@@ -1,8 +1,10 @@
-"""The lineage record of a distilled student: which teacher, which student (and adapter), by which objective.
+"""The lineage record of a distilled student: which teacher at which commit under which license, which student
+initialisation (and adapter), by which objective, on which data, with which library versions, and how much quality
+the student kept.
 
-Written next to every saved student as `distillation_lineage.json`, so a student can always be traced to its teacher;
-the Hub model card is built from it. Local paths never enter it: a model loaded from disk is recorded by its folder
-name alone, marked `local`.
+Plain data. Written next to every saved student as `distillation_lineage.json` and, on a push, into the card's
+`distillation:` metadata block (schema `SCHEMA_VERSION`). Local paths never enter it: a model loaded from disk is
+recorded by its folder name and the SHA-256 of its weights, marked `source: local`.
 """
 
 from __future__ import annotations
@@ -10,100 +12,228 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
-from importlib import metadata
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from . import assets
 from .adapters import adapter_summary, is_peft_model
 from .losses import KDObjective
+from .provenance import UNRESOLVED, is_commit_sha, library_versions, model_source
 from .tasks import unwrap_peft
 from .teacher import SharedBaseTeacher
 
 LINEAGE_FILE = "distillation_lineage.json"
+SCHEMA_VERSION = 1
+SOURCES = ("hub", "local", "packaged", "unknown")
+STUDENT_INITS = ("pretrained", "teacher_layers", "shared_base", "random")
 
 
-def public_name(name_or_path: str | None) -> dict[str, Any]:
-    """`{"name": hub_id}` for a Hub id, `{"name": folder_name, "local": True}` for anything on this machine."""
-    if not name_or_path:
-        return {"name": None}
-    if os.path.isabs(name_or_path) or os.path.exists(name_or_path) or name_or_path.startswith((".", "~")):
-        return {"name": os.path.basename(os.path.normpath(name_or_path)), "local": True}
-    return {"name": name_or_path}
+class LineageError(ValueError):
+    """Malformed lineage metadata. `field` names the first bad field; `lineage` holds what could still be read."""
 
-
-def _source(model: nn.Module) -> dict[str, Any]:
-    base = unwrap_peft(model)
-    config = getattr(base, "config", None)
-    return {
-        **public_name(getattr(config, "_name_or_path", None)),
-        "revision": getattr(config, "_commit_hash", None),
-        "architecture": type(base).__name__,
-        "parameters": sum(p.numel() for p in base.parameters()),
-    }
-
-
-def _adapter(model: nn.Module) -> dict[str, Any] | None:
-    summary = adapter_summary(model)
-    if summary is not None:
-        summary = {**summary, "base_model": public_name(summary["base_model"])}
-    return summary
+    def __init__(self, problems: list[tuple[str, str]], lineage: Lineage | None = None) -> None:
+        self.problems = problems
+        self.field = problems[0][0]
+        self.lineage = lineage
+        listed = "; ".join(f"`{name}`: {why}" for name, why in problems)
+        super().__init__(f"Malformed distillation lineage metadata: {listed}.")
 
 
 @dataclass
 class Lineage:
-    """What a distilled student is made of. Plain data, JSON-ready.
+    """What a distilled student is made of. Plain data, JSON- and YAML-ready.
 
     Attributes:
-        student (`dict`): source, architecture and parameter count of the student's model; `adapter` (method, base,
-            config, trainable parameters) when the student is a PEFT adapter.
-        teacher (`dict`): the same for the teacher; `kind` is `model`, `peft` (an adapter over a base) or
-            `shared_base` (the student's own base with its adapters disabled).
-        method (`dict`): the distillation objective, in words and as its settings.
+        teacher (`dict`): `name`, `source` (hub / local / packaged), the pinned `revision` (40-hex or "unresolved")
+            or `weights_sha256`, `license`, `kind` (`model`, `peft`, `shared_base`), architecture, parameters and,
+            for an adapter teacher, its `adapter`.
+        student (`dict`): `init` (how its weights started: pretrained id + revision, teacher layers, the teacher's own
+            base, or random), architecture, parameters, `adapter` (method, base, config, trainable parameters).
+        objective (`dict`): the loss in words (`description`) and its settings.
+        datasets (`list[dict]`): `id`, `revision`, `split`, `fingerprint` of each dataset used, when known.
+        versions (`dict`): hf_distill, transformers, torch, peft, accelerate, huggingface_hub.
+        evaluation (`dict`, *optional*): teacher vs student on the eval set (see `DistillationTrainer.compare_with_teacher`).
+        license_policy (`dict`, *optional*): the decision taken on the teacher's license at push time.
+        schema (`int`): version of this layout.
     """
 
-    student: dict[str, Any]
     teacher: dict[str, Any]
-    method: dict[str, Any]
+    student: dict[str, Any]
+    objective: dict[str, Any]
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    versions: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
+    license_policy: dict[str, Any] | None = None
+    schema: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"schema": self.schema, **{k: v for k, v in dataclasses.asdict(self).items() if k != "schema"}}
 
     def save(self, directory: str) -> str:
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, LINEAGE_FILE)
         with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+            json.dump(self.to_dict(), f, indent=2, sort_keys=False)
         return path
 
     @classmethod
     def load(cls, directory: str) -> Lineage:
         with open(os.path.join(directory, LINEAGE_FILE)) as f:
-            return cls(**json.load(f))
+            return cls.from_dict(json.load(f))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Lineage:
+        """Validate and read a record. Raises `LineageError` naming every bad field, with the readable rest."""
+        if not isinstance(data, dict):
+            raise LineageError([("distillation", f"expected a mapping, got {type(data).__name__}")])
+        problems = _problems(data)
+        bad = {name.split(".")[0] for name, _ in problems}
+        readable = {f.name: data.get(f.name) for f in dataclasses.fields(cls) if f.name not in bad and f.name in data}
+        for required in ("teacher", "student", "objective"):
+            readable.setdefault(required, None)
+        lineage = cls(**readable)
+        if problems:
+            raise LineageError(problems, lineage)
+        return lineage
+
+    @property
+    def weights_derive_from_teacher(self) -> bool:
+        """The student's weights started from the teacher's (layer copy, or an adapter over the teacher itself)."""
+        init = (self.student or {}).get("init") or {}
+        if init.get("kind") in ("teacher_layers", "shared_base"):
+            return True
+        return init.get("kind") == "pretrained" and _same_model(init, self.teacher or {})
 
 
-def _version() -> str | None:
-    try:
-        return metadata.version("hf-distill")
-    except metadata.PackageNotFoundError:
+def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if a.get("weights_sha256") and a.get("weights_sha256") == b.get("weights_sha256"):
+        return True
+    return a.get("source") == b.get("source") == "hub" and a.get("name") == b.get("name")
+
+
+def _problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every field of a record that a reader cannot trust, as (dotted name, why)."""
+    problems = []
+    if data.get("schema") != SCHEMA_VERSION:
+        problems.append(("schema", f"{data.get('schema')!r} is not a schema this hf_distill reads ({SCHEMA_VERSION})"))
+    for section in ("teacher", "student", "objective"):
+        if not isinstance(data.get(section), dict):
+            problems.append((section, f"missing or not a mapping (got {type(data.get(section)).__name__})"))
+    teacher = data.get("teacher") if isinstance(data.get("teacher"), dict) else {}
+    if teacher:
+        named = isinstance(teacher.get("name"), str) and teacher["name"]
+        if not named and not (teacher.get("source") == "unknown" and teacher.get("name") is None):
+            problems.append(("teacher.name", f"{teacher.get('name')!r} is not a model name"))
+        if teacher.get("source") not in SOURCES:
+            problems.append(("teacher.source", f"{teacher.get('source')!r} is not one of {', '.join(SOURCES)}"))
+        revision = teacher.get("revision")
+        if teacher.get("source") == "hub" and not (is_commit_sha(revision) or revision == UNRESOLVED):
+            problems.append(("teacher.revision", f"{revision!r} is neither a 40-hex commit sha nor {UNRESOLVED!r}"))
+        sha256 = teacher.get("weights_sha256")
+        if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
+            problems.append(("teacher.weights_sha256", f"{sha256!r} is not a SHA-256 hex digest"))
+    student = data.get("student") if isinstance(data.get("student"), dict) else {}
+    init = student.get("init")
+    if student and not (isinstance(init, dict) and init.get("kind") in STUDENT_INITS):
+        problems.append(("student.init", f"{init!r} is not a mapping with kind in {', '.join(STUDENT_INITS)}"))
+    if not isinstance(data.get("datasets", []), list):
+        problems.append(("datasets", "not a list"))
+    for optional in ("versions", "evaluation", "license_policy"):
+        if data.get(optional) is not None and not isinstance(data[optional], dict):
+            problems.append((optional, "not a mapping"))
+    return problems
+
+
+# ---- building the record from live objects ----
+
+
+def _model_record(model: nn.Module) -> dict[str, Any]:
+    base = unwrap_peft(model)
+    return {
+        "architecture": type(base).__name__,
+        "parameters": sum(p.numel() for p in base.parameters()),
+        "adapter": _adapter(model),
+    }
+
+
+def _adapter(model: nn.Module) -> dict[str, Any] | None:
+    summary = adapter_summary(model)
+    if summary is None:
         return None
+    base = model_source(unwrap_peft(model))
+    summary = {k: v for k, v in summary.items() if k not in ("base_model", "base_revision")}
+    return {**summary, "base_model": {k: v for k, v in base.items() if k != "license"}}
 
 
-def build_lineage(student: nn.Module, teacher: nn.Module, objective: KDObjective) -> Lineage:
-    """The record for `student` distilled from `teacher` with `objective` (the unwrapped student, PEFT or not)."""
+def _student_init(student: nn.Module, teacher: nn.Module) -> dict[str, Any]:
     if isinstance(teacher, SharedBaseTeacher):
-        teacher_record = {"kind": "shared_base", **_source(teacher.student), "adapter": None}
+        return {"kind": "shared_base"}
+    source = model_source(unwrap_peft(student))
+    if source.get("init") == "teacher_layers":
+        return {"kind": "teacher_layers", "layers": source["layers"]}
+    if source.get("source") == "unknown":
+        return {"kind": "random"}
+    return {"kind": "pretrained", **{k: v for k, v in source.items() if k != "license"}}
+
+
+def dataset_records(*datasets: Any) -> list[dict[str, Any]]:
+    """`{id, revision, split, fingerprint}` of each `datasets.Dataset` given (others are skipped), deduplicated.
+
+    The id is `info.dataset_name`; the revision is the commit in the Hub URLs the dataset was downloaded from, when
+    it was; a packaged text (`packaged:hamlet`) is recorded with its package version.
+    """
+    records = []
+    for dataset in datasets:
+        info = getattr(dataset, "info", None)
+        if info is None or not hasattr(dataset, "_fingerprint"):
+            continue
+        name = info.dataset_name
+        revisions = {
+            m.group(1) for url in (info.download_checksums or {}) for m in [re.search(r"@([0-9a-f]{40})", url)] if m
+        }
+        record = {
+            "id": name,
+            "config": info.config_name,
+            "revision": revisions.pop() if len(revisions) == 1 else None,
+            "split": None if dataset.split is None else str(dataset.split),
+            "fingerprint": dataset._fingerprint,
+        }
+        if name and assets.is_packaged(name):
+            record["package"] = assets.packaged_text_package(name)
+        if record not in records:
+            records.append(record)
+    return records
+
+
+def build_lineage(
+    student: nn.Module,
+    teacher: nn.Module,
+    objective: KDObjective,
+    chunk_size: int = 0,
+    datasets: list[dict[str, Any]] | None = None,
+    evaluation: dict[str, Any] | None = None,
+) -> Lineage:
+    """The record for `student` (unwrapped, PEFT or not) distilled from `teacher` with `objective`."""
+    if isinstance(teacher, SharedBaseTeacher):
+        base = model_source(unwrap_peft(teacher.student))
+        teacher_record = {**base, "kind": "shared_base", **_model_record(teacher.student), "adapter": None}
     else:
         kind = "peft" if is_peft_model(teacher) else "model"
-        teacher_record = {"kind": kind, **_source(teacher), "adapter": _adapter(teacher)}
+        source = model_source(teacher)  # a PeftModel's own record (its adapter), else its base's
+        teacher_record = {**source, "kind": kind, **_model_record(teacher)}
+    teacher_record.setdefault("license", None)
     return Lineage(
-        student={**_source(student), "adapter": _adapter(student)},
         teacher=teacher_record,
-        method={
-            "library": "hf_distill",
-            "library_version": _version(),
-            "objective": objective.describe(),
-            "settings": dataclasses.asdict(objective),
+        student={"init": _student_init(student, teacher), **_model_record(student)},
+        objective={
+            "description": objective.describe(),
+            **dataclasses.asdict(objective),
+            "kd_chunk_size": chunk_size,
         },
+        datasets=list(datasets or []),
+        versions=library_versions(),
+        evaluation=evaluation,
     )

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import glob
-import os
 from dataclasses import dataclass
 
 from torch import nn
 
-_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
+from .provenance import weights_bytes
 
 
 def size_on_disk(folder: str) -> int:
-    """Bytes of weight files in `folder` (safetensors, bin, gguf)."""
-    return sum(os.path.getsize(p) for pattern in _WEIGHT_PATTERNS for p in glob.glob(os.path.join(folder, pattern)))
+    """Bytes of weight files in `folder` (safetensors, bin, gguf; not the Trainer's training_args.bin)."""
+    return weights_bytes(folder) or 0
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -24,8 +24,10 @@ from transformers import (
 from . import assets
 from .adapters import is_peft_model, require_bitsandbytes
 from .data import causal_lm_datasets, classification_datasets
+from .licenses import LicensePolicyError
 from .logs import get_logger
 from .plan import MemoryPlan
+from .provenance import record_source, source_of
 from .recipe import Recipe
 from .report import ModelRow, format_table, parameter_count, size_on_disk
 from .student_init import student_from_teacher_layers
@@ -103,16 +105,21 @@ def load_recipe_parts(recipe: Recipe) -> Loaded:
             "label2id": {n: i for i, n in enumerate(names)},
         }
     teacher = auto.from_pretrained(teacher_path, trust_remote_code=recipe.teacher.trust_remote_code, **load_kwargs)
+    record_source(
+        teacher, source_of(recipe.teacher.model_name_or_path), teacher_path if os.path.isdir(teacher_path) else None
+    )
     if recipe.student.init == "teacher_layers":
         student = student_from_teacher_layers(teacher, recipe.student.layers)
     else:
         if recipe.student.quantization:
             bits = {"4bit": {"load_in_4bit": True}, "8bit": {"load_in_8bit": True}}[recipe.student.quantization]
             load_kwargs = {**load_kwargs, "quantization_config": BitsAndBytesConfig(**bits)}
-        student = auto.from_pretrained(
-            _local_path(recipe.student.model_name_or_path),
-            trust_remote_code=recipe.student.trust_remote_code,
-            **load_kwargs,
+        student_path = _local_path(recipe.student.model_name_or_path)
+        student = auto.from_pretrained(student_path, trust_remote_code=recipe.student.trust_remote_code, **load_kwargs)
+        record_source(
+            student,
+            source_of(recipe.student.model_name_or_path),
+            student_path if os.path.isdir(student_path) else None,
         )
     logger.info(f"{len(train)} training and {len(evaluation)} evaluation examples")
     return Loaded(args, tokenizer, teacher_path, teacher, student, train, evaluation, collator)
@@ -129,7 +136,19 @@ def build_trainer(recipe: Recipe, loaded: Loaded) -> DistillationTrainer:
         processing_class=loaded.tokenizer,
         teacher_processing_class=loaded.tokenizer,
         peft_config=recipe.peft_config(),
+        compute_metrics=_accuracy if recipe.task == "sequence_classification" else None,
     )
+
+
+def _write_card(trainer: DistillationTrainer) -> None:
+    """The student's card in the output folder; pushed too when the recipe's args say `push_to_hub: true`."""
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub()
+        return
+    try:
+        trainer.create_model_card()
+    except LicensePolicyError as error:  # the card would misstate the duties: say why there is none
+        logger.warning(f"No model card written: {error}")
 
 
 def plan_recipe(recipe: Recipe) -> MemoryPlan:
@@ -161,8 +180,11 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     trainer = build_trainer(recipe, loaded)
     student = trainer.model  # with its adapters, when the recipe has a `peft` section
     trainer.train()
-    trainer.save_model(args.output_dir)  # also saves the tokenizer (processing_class)
+    if trainer.teacher_placement.kind == "replicate":  # teacher vs student for the lineage record and the card
+        trainer.compare_with_teacher(dataset_name=evaluation.info.dataset_name)
+    trainer.save_model(args.output_dir)  # also saves the tokenizer (processing_class) and the lineage record
     student_after = evaluate_task_metric(student, recipe, evaluation, collator, args)
+    _write_card(trainer)
 
     teacher_bytes = size_on_disk(teacher_path) if os.path.isdir(teacher_path) else None
     student_bytes = size_on_disk(args.output_dir)

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from torch import nn
 from transformers import PreTrainedModel
 
+from .provenance import model_source, record_source
+
 
 def _layer_stack(model: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:
     """The `nn.ModuleList` holding the model's `num_layers` transformer blocks, and its qualified name."""
@@ -52,4 +54,4 @@ def student_from_teacher_layers(teacher: PreTrainedModel, layers: Sequence[int])
         if int(index) in layers:
             state[f"{prefix}{list(layers).index(int(index))}.{rest}"] = value
     student.load_state_dict(state, strict=True)
-    return student
+    return record_source(student, {"init": "teacher_layers", "layers": list(layers), **model_source(teacher)})

@@ -25,6 +25,7 @@ from transformers import (
 from . import assets
 from .adapters import SHARED_BASE_TEACHER, base_head, is_peft_model
 from .placement import Placement, apply_placement
+from .provenance import is_commit_sha, record_source, source_of
 from .tasks import is_encoder_decoder, unwrap_peft
 
 # Which Auto class loads a teacher for a student of a given head, by the student class's name suffix.
@@ -54,7 +55,9 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
-def load_teacher(name_or_path: str, student: nn.Module, trust_remote_code: bool = False) -> PreTrainedModel:
+def load_teacher(
+    name_or_path: str, student: nn.Module, trust_remote_code: bool = False, revision: str | None = None
+) -> PreTrainedModel:
     """Load a teacher for `student` by Hub id, local folder or `packaged:` name, in the student's dtype.
 
     The Auto class is chosen from the student's head (a `...ForCausalLM` student gets `AutoModelForCausalLM`).
@@ -63,6 +66,8 @@ def load_teacher(name_or_path: str, student: nn.Module, trust_remote_code: bool 
         name_or_path (`str`): a Hub id, a local folder, or `packaged:<name>` (see `hf_distill.assets`).
         student (`nn.Module`): the student, a transformers model (PEFT-wrapped or not).
         trust_remote_code (`bool`, *optional*, defaults to `False`): let the repository run its own code.
+        revision (`str`, *optional*): branch, tag or commit of a Hub teacher. It is resolved to a commit sha first
+            and the weights are loaded at that sha, so the lineage names exactly what was loaded.
     """
     head_model = unwrap_peft(student)
     auto_class = next(
@@ -74,21 +79,27 @@ def load_teacher(name_or_path: str, student: nn.Module, trust_remote_code: bool 
             f"that maps to an Auto class ({', '.join(_AUTO_CLASS_BY_HEAD)}); load the teacher yourself and pass the "
             "model object as `teacher_model`."
         )
+    source = source_of(name_or_path, revision)
+    pinned = source["revision"] if is_commit_sha(source.get("revision")) else revision
     path = assets.resolve_packaged_model(name_or_path) if assets.is_packaged(name_or_path) else name_or_path
-    adapter = _adapter_config(path)
+    adapter = _adapter_config(path, pinned)
     if adapter is None:
-        return auto_class.from_pretrained(path, dtype=_model_dtype(student), trust_remote_code=trust_remote_code)
+        teacher = auto_class.from_pretrained(
+            path, dtype=_model_dtype(student), trust_remote_code=trust_remote_code, revision=pinned
+        )
+        return record_source(teacher, source, path if os.path.isdir(path) else None)
     # An adapter folder or repo: its base, loaded the same way, with the adapter on top.
     if not adapter.base_model_name_or_path:
         raise ValueError(
             f"teacher_model={name_or_path!r} is a PEFT adapter whose adapter_config.json names no base model "
             "(base_model_name_or_path); load base and adapter yourself and pass the PeftModel as teacher_model."
         )
-    base = load_teacher(adapter.base_model_name_or_path, student, trust_remote_code)
-    return PeftModel.from_pretrained(base, path, revision=None)
+    base = load_teacher(adapter.base_model_name_or_path, student, trust_remote_code, adapter.revision)
+    adapted = PeftModel.from_pretrained(base, path, revision=pinned)
+    return record_source(adapted, source, path if os.path.isdir(path) else None)
 
 
-def _adapter_config(path: str) -> PeftConfig | None:
+def _adapter_config(path: str, revision: str | None = None) -> PeftConfig | None:
     """The adapter config when `path` (folder or Hub id) holds a PEFT adapter rather than a full model."""
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "adapter_config.json")):
@@ -96,16 +107,18 @@ def _adapter_config(path: str) -> PeftConfig | None:
     elif os.path.exists(path):
         return None
     try:
-        return PeftConfig.from_pretrained(path)
+        return PeftConfig.from_pretrained(path, revision=revision)
     except (OSError, ValueError):
         return None
 
 
-def load_teacher_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any | None:
+def load_teacher_tokenizer(
+    name_or_path: str, trust_remote_code: bool = False, revision: str | None = None
+) -> Any | None:
     """The teacher's tokenizer when it can be found next to its weights, else `None` (e.g. an image model)."""
     path = assets.resolve_packaged_model(name_or_path) if assets.is_packaged(name_or_path) else name_or_path
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError, KeyError):
         return None
 

@@ -12,6 +12,7 @@ from torch import nn
 from .adapters import SHARED_BASE_TEACHER
 from .config import distillation_setting
 from .placement import Placement, resolve_placement, teacher_device
+from .provenance import is_commit_sha, model_source
 from .teacher import (
     SharedBaseTeacher,
     cast_teacher,
@@ -72,9 +73,13 @@ def setup_teacher(
         teacher_tokenizer = teacher_tokenizer or student_tokenizer
     if isinstance(teacher, str):
         trust_remote_code = distillation_setting(args, "teacher_trust_remote_code")
-        if teacher_tokenizer is None:
-            teacher_tokenizer = load_teacher_tokenizer(teacher, trust_remote_code)
-        teacher = load_teacher(teacher, student, trust_remote_code)
+        revision = distillation_setting(args, "teacher_revision")
+        name, teacher = teacher, load_teacher(teacher, student, trust_remote_code, revision)
+        if teacher_tokenizer is None:  # from the same commit as the weights
+            pinned = model_source(teacher).get("revision")
+            teacher_tokenizer = load_teacher_tokenizer(
+                name, trust_remote_code, pinned if is_commit_sha(pinned) else revision
+            )
     if not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher_model must be an nn.Module or a name/path, got {type(teacher).__name__}.")
     if teacher is student:

@@ -12,9 +12,9 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import nested_detach
 from transformers.trainer_utils import EvalLoopOutput
 
-from .adapters import is_peft_model, merged_copy, wrap_student
+from .adapters import wrap_student
 from .config import distillation_setting, kd_objective_from_args
-from .lineage import build_lineage
+from .hub import license_decision
 from .lm_head import capture_head_input, chunk_size_for, head_reproduces_logits, linear_head, slice_batch
 from .logs import get_logger
 from .losses import KDObjective, ObjectiveSums, count_targets, normalize_token_sum, objective_sums
@@ -22,6 +22,7 @@ from .losses.chunked import chunked_objective_sums
 from .metrics import DistillationMetrics
 from .placement import Placement, student_strategy
 from .plan import MemoryPlan, plan_run, refusal_message
+from .publishing import PublishingMixin
 from .tasks import is_encoder_decoder, is_token_level, shifts_labels, unwrap_peft
 from .teacher import accepted_arguments, decoder_inputs, describe_teacher, model_logits, run_teacher, select_arguments
 from .teacher_setup import setup_teacher
@@ -31,7 +32,7 @@ logger = get_logger(__name__)
 _LABEL_COLUMNS = ("labels", "label", "label_ids")
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(PublishingMixin, Trainer):
     r"""
     A [`~transformers.Trainer`] that trains its `model` (the student) to match a frozen `teacher_model`.
 
@@ -318,37 +319,6 @@ class DistillationTrainer(Trainer):
         output.metrics.update(self._eval_metrics.summarize(self._reduce_sum, prefix=f"{metric_key_prefix}_"))
         return output
 
-    # ---- saving: the adapter (or the merged model on request) and the lineage record, never the teacher ----
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        # Checkpoints (`_internal_call`) always hold the adapter, so that training can resume from them.
-        self._merge_on_save = (
-            not _internal_call
-            and distillation_setting(self.args, "merge_adapter_on_save")
-            and is_peft_model(self.accelerator.unwrap_model(self.model))
-        )
-        try:
-            super().save_model(output_dir, _internal_call)
-        finally:
-            self._merge_on_save = False
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if getattr(self, "_merge_on_save", False):
-            trained = self.model
-            self.model = merged_copy(self.accelerator.unwrap_model(trained))
-            try:
-                super()._save(output_dir, state_dict=None)
-            finally:
-                self.model = trained
-        else:
-            super()._save(output_dir, state_dict)
-        if self.args.should_save:
-            self.lineage().save(output_dir if output_dir is not None else self.args.output_dir)
-
-    def lineage(self) -> Any:
-        """Where this student comes from: teacher, student (and its adapter), objective. See `hf_distill.lineage`."""
-        return build_lineage(self.accelerator.unwrap_model(self.model), self.teacher_model, self.kd_objective)
-
     # ---- logging ----
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -382,6 +352,8 @@ class DistillationTrainer(Trainer):
                 logger.info(plan.format())
             if preflight == "refuse" and not plan.fits:
                 raise ValueError(refusal_message(plan))
+        if self.args.push_to_hub:  # a push the teacher's license refuses must fail now, not after training
+            license_decision(self.lineage(), self._repo_id(self.args.hub_token, False), self._push_options({}))
         if self.is_world_process_zero():
             student = sum(p.numel() for p in self.model.parameters()) / 1e6
             trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad) / 1e6

@@ -1,6 +1,42 @@
+import atexit
 import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
-# An accidental download must fail loudly, never hang or silently succeed.
+# --- Hub isolation: must run before torch/transformers/huggingface_hub are imported --------------------------------
+# huggingface_hub copies HF_ENDPOINT, HF_HOME, the offline flag and the Xet switch into `huggingface_hub.constants` at
+# import time (and transformers imports huggingface_hub), so they are fixed here, first. The endpoint is a socket
+# bound now on 127.0.0.1 but only listening once a test asks for the `hub` fixture: until then a stray request is
+# refused at once, and no test can ever reach the real Hub or touch the user's cache or token.
+if "huggingface_hub" in sys.modules:
+    raise RuntimeError(
+        "huggingface_hub was imported before tests/conftest.py, so its endpoint constant may point at the real Hub; "
+        "import it lazily in plugins and fixtures"
+    )
+_HUB_SOCKET = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+_HUB_SOCKET.bind(("127.0.0.1", 0))
+atexit.register(_HUB_SOCKET.close)  # also closed by LocalHub.stop(); closing twice is harmless
+HUB_ENDPOINT = f"http://127.0.0.1:{_HUB_SOCKET.getsockname()[1]}"
+_HF_HOME = tempfile.mkdtemp(prefix="hf_distill_tests_hf_home_")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+for _var in (
+    # Anything that could redirect the cache, the token or the endpoint to the user's real ones.
+    "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_ASSETS_CACHE", "HF_XET_CACHE", "HF_TOKEN_PATH", "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HUGGINGFACE_CO_STAGING", "HF_HUB_DISABLE_IMPLICIT_TOKEN",
+    "TRANSFORMERS_OFFLINE",
+):  # fmt: skip
+    os.environ.pop(_var, None)
+os.environ["HF_ENDPOINT"] = HUB_ENDPOINT
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_DISABLE_XET"] = "1"  # Xet cannot be served locally: large files go through the git-LFS batch API
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_UPDATE_CHECK"] = "1"
+
+# An accidental download must fail loudly, never hang or silently succeed (the `hub` fixture lifts this per test).
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -9,6 +45,7 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hub_server import DUMMY_TOKEN, LocalHub  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -16,3 +53,38 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def _hub_server() -> Iterator[LocalHub]:
+    """The one LocalHub of the session, on the endpoint fixed above; started on first use."""
+    server = LocalHub(_HUB_SOCKET).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hub(_hub_server: LocalHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[LocalHub]:
+    """An empty local Hub, reachable for this test only, with a dummy token and a fresh download cache.
+
+    Offline mode is lifted by patching `huggingface_hub.constants.HF_HUB_OFFLINE`: that global is what
+    `huggingface_hub.is_offline_mode()` returns, and both the client's request hook and transformers (which imports
+    that function) call it at request time. The env var is set too, for subprocesses. Everything is restored after
+    the test, so the next test without this fixture is offline again. The token is read from HF_TOKEN on every
+    request (`huggingface_hub.get_token()` does not cache it). Each test gets its own HF_HUB_CACHE, so a file
+    downloaded by one test never hides a request in another.
+    """
+    from huggingface_hub import constants
+
+    assert constants.ENDPOINT == _hub_server.endpoint, "huggingface_hub was imported before HF_ENDPOINT was set"
+    _hub_server.reset()
+    monkeypatch.setenv("HF_TOKEN", DUMMY_TOKEN)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    cache = str(tmp_path / "hf_hub_cache")
+    monkeypatch.setenv("HF_HUB_CACHE", cache)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", cache)
+    yield _hub_server
+    errors = list(_hub_server.server_errors)
+    _hub_server.reset()
+    assert not errors, "LocalHub raised while serving:\n" + "\n".join(errors)

@@ -14,10 +14,13 @@ MODULES = sorted(glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True))
 
 # Lower layers never import higher ones.
 LAYERS = [
-    {"losses", "logs", "tasks", "assets", "placement"},
+    {"losses", "logs", "tasks", "assets", "placement", "provenance", "licenses"},
     {"config", "metrics", "student_init", "recipe", "report", "adapters"},
     {"teacher", "data", "lm_head"},
-    {"lineage", "teacher_setup", "plan"},
+    {"lineage", "teacher_setup", "plan", "comparison"},
+    {"model_card"},
+    {"hub", "pull"},
+    {"publishing"},
     {"trainer"},
     {"run", "cli", "__main__", "__init__"},
 ]

@@ -126,6 +126,29 @@ def test_cli_train_end_to_end_saves_a_loadable_student(tmp_path, tiny_teacher_fo
     assert (results["train_steps"], results["world_size"]) == (3, 1)
 
 
+def test_cli_run_writes_a_card_with_the_teacher_vs_student_comparison(tmp_path, tiny_teacher_folder, caplog):
+    recipe = tiny_recipe(tmp_path, tiny_teacher_folder, max_steps=2)
+    without_license = run_recipe(load_recipe(_write(tmp_path, recipe)))
+    assert not (tmp_path / "student" / "README.md").exists()  # unknown teacher license: no card that misstates it
+    assert "No model card written: The teacher's license is unknown" in caplog.text
+
+    (tiny_teacher_folder / "README.md").write_text("---\nlicense: mit\n---\n")
+    results = run_recipe(load_recipe(_write(tmp_path, recipe)))
+    card = (tmp_path / "student" / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    lineage = meta["distillation"]
+    assert meta["license"] == "mit" and lineage["student"]["init"] == {"kind": "teacher_layers", "layers": [0, 2]}
+    assert lineage["teacher"]["name"] == "teacher" and lineage["teacher"]["source"] == "local"
+    assert lineage["datasets"][0]["id"] == "corpus.txt" and str(tmp_path) not in card
+    # The card's comparison and the printed report measure the same models by two code paths: they agree.
+    teacher_row, _, after = results["models"]
+    metric = lineage["evaluation"]["metric"]
+    assert metric["name"] == "perplexity"
+    assert metric["teacher"] == pytest.approx(teacher_row["metric"], rel=1e-4)
+    assert metric["student"] == pytest.approx(after["metric"], rel=1e-4)
+    assert without_license["models"][0]["metric"] == pytest.approx(teacher_row["metric"], rel=1e-6)
+
+
 def test_lora_recipe_trains_adapters_and_saves_a_merged_student(tmp_path, tiny_teacher_folder, capsys):
     from hf_distill.lineage import Lineage
 

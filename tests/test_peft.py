@@ -343,9 +343,11 @@ def test_lineage_knows_the_student_is_an_adapter_and_leaks_no_path(tmp_path):
     assert adapter["method"] == "LORA" and adapter["config"]["r"] == 2
     assert set(adapter["config"]["target_modules"]) == {"q_proj", "v_proj", "lm_head"}
     assert adapter["trainable_parameters"] == sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    assert adapter["base_model"] == {"name": "base", "local": True}
+    base = adapter["base_model"]
+    assert (base["name"], base["source"]) == ("base", "local") and len(base["weights_sha256"]) == 64
     assert record.teacher["kind"] == "model" and record.teacher["architecture"] == "LlamaForCausalLM"
-    assert "forward_kl" in record.method["objective"]
+    assert record.student["init"]["kind"] == "pretrained" and record.student["init"]["name"] == "base"
+    assert record.objective["kd_loss"] == "forward_kl" and "forward_kl" in record.objective["description"]
     assert str(tmp_path) not in (tmp_path / "saved" / LINEAGE_FILE).read_text()
 
 

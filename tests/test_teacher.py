@@ -38,7 +38,9 @@ def test_teacher_by_path_gets_the_students_head_and_dtype(tmp_path, teacher_fold
     trainer = DistillationTrainer(model=student, teacher_model=path, args=_args(tmp_path), processing_class=tokenizer)
     teacher = trainer.teacher_model
     assert type(teacher).__name__ == "LlamaForCausalLM" and teacher.dtype == torch.bfloat16
-    assert calls == [{"dtype": torch.bfloat16, "trust_remote_code": False}]
+    assert calls == [
+        {"dtype": torch.bfloat16, "trust_remote_code": False, "revision": None}
+    ]  # a local folder: no revision
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
 

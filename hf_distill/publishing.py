@@ -1,0 +1,237 @@
+"""Saving, comparing and publishing a distilled student: the part of `DistillationTrainer` that writes what leaves
+the training run (weights, lineage record, card) and pushes it to the Hub. Mixed into the trainer; glue only."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from huggingface_hub import HfApi, get_token
+from transformers.trainer_utils import HubStrategy
+from transformers.utils import PushInProgress
+
+from .adapters import is_peft_model, merged_copy
+from .comparison import compare_with_teacher
+from .config import distillation_setting
+from .hub import TRAINING_STATE, PushOptions, folder_card, license_decision, push_folder
+from .lineage import Lineage, build_lineage, dataset_records
+from .logs import get_logger
+from .provenance import local_folder, weights_bytes
+from .tasks import unwrap_peft
+from .teacher import SharedBaseTeacher
+
+logger = get_logger(__name__)
+
+# `Trainer.push_to_hub` / `create_model_card` arguments that hf_distill's card has no use for.
+_IGNORED_CARD_ARGUMENTS = ("tasks", "dataset_args", "model_name")
+
+
+class PublishingMixin:
+    """`save_model`, `lineage`, `compare_with_teacher`, `create_model_card` and `push_to_hub` of the trainer."""
+
+    _comparison: dict[str, Any] | None = None
+
+    # ---- saving: the adapter (or the merged model on request) and the lineage record, never the teacher ----
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # Checkpoints (`_internal_call`) always hold the adapter, so that training can resume from them.
+        self._merge_on_save = (
+            not _internal_call
+            and distillation_setting(self.args, "merge_adapter_on_save")
+            and is_peft_model(self.accelerator.unwrap_model(self.model))
+        )
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            self._merge_on_save = False
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if getattr(self, "_merge_on_save", False):
+            trained = self.model
+            self.model = merged_copy(self.accelerator.unwrap_model(trained))
+            try:
+                super()._save(output_dir, state_dict=None)
+            finally:
+                self.model = trained
+        else:
+            super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            folder = output_dir if output_dir is not None else self.args.output_dir
+            record = self.lineage()
+            if record.evaluation is not None:
+                sizes = {**record.evaluation["size_on_disk"], "student": weights_bytes(folder)}
+                record.evaluation = {**record.evaluation, "size_on_disk": sizes}
+            record.save(folder)
+
+    def lineage(self) -> Lineage:
+        """Where this student comes from: teacher (pinned, with its license), student initialisation and adapter,
+        objective, datasets, library versions and, after `compare_with_teacher`, the comparison."""
+        return build_lineage(
+            self.accelerator.unwrap_model(self.model),
+            self.teacher_model,
+            self.kd_objective,
+            chunk_size=self.kd_chunk_size,
+            datasets=dataset_records(self.train_dataset, self.eval_dataset),
+            evaluation=self._comparison,
+        )
+
+    # ---- teacher vs student ----
+
+    def compare_with_teacher(self, eval_dataset: Any = None, dataset_name: str | None = None) -> dict[str, Any]:
+        """Evaluate the student and the teacher on the same set by the same code path (`evaluate`, with the teacher
+        standing in for the student) and keep the result for the lineage record and the card.
+
+        Args:
+            eval_dataset (`Dataset`, *optional*): defaults to the trainer's `eval_dataset`.
+            dataset_name (`str`, *optional*): how the card names the set; defaults to the dataset's own name.
+
+        Returns:
+            `dict`: see `hf_distill.comparison.compare_with_teacher`.
+        """
+        self._comparison = compare_with_teacher(self, eval_dataset, dataset_name)
+        return self._comparison
+
+    # ---- the Hub ----
+
+    def _repo_id(self, token: str | None, with_namespace: bool = True) -> str:
+        repo_id = getattr(self, "hub_model_id", None) or self.args.hub_model_id
+        repo_id = repo_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        if "/" not in repo_id and with_namespace:  # the push's card needs the full id before the repo exists
+            repo_id = f"{HfApi(token=token).whoami()['name']}/{repo_id}"
+        return repo_id
+
+    def _push_options(self, kwargs: dict[str, Any]) -> PushOptions:
+        for name in _IGNORED_CARD_ARGUMENTS:
+            kwargs.pop(name, None)
+        datasets = [*_as_list(kwargs.pop("dataset", None)), *_as_list(kwargs.pop("dataset_tags", None))]
+        defaults = {
+            name: distillation_setting(self.args, name)
+            for name in ("acknowledge_teacher_license", "override_name_prefix")
+        }
+        try:
+            return PushOptions(
+                **{**defaults, **kwargs, "datasets": datasets or None, "tags": _as_list(kwargs.get("tags")) or None}
+            )
+        except TypeError:
+            known = ", ".join(f.name for f in PushOptions.__dataclass_fields__.values())
+            raise TypeError(
+                f"push_to_hub() got unknown arguments {sorted(kwargs)}; it takes commit_message, blocking, token, "
+                f"revision, private and the card arguments {known} (plus Trainer's dataset, dataset_tags)."
+            ) from None
+
+    def _local_paths(self) -> list[str]:
+        teacher = self.teacher_model
+        models = [unwrap_peft(self.accelerator.unwrap_model(self.model))]
+        models += [unwrap_peft(teacher.student)] if isinstance(teacher, SharedBaseTeacher) else [teacher]
+        found = [local_folder(m) for m in models]
+        found += [getattr(getattr(m, "config", None), "_name_or_path", None) for m in models]
+        return [p for p in found if p and os.path.isabs(p)] + [os.path.abspath(self.args.output_dir)]
+
+    def _push(self, folder: str, options: PushOptions, token: str | None, **push_arguments: Any) -> Any:
+        teacher = self.teacher_model
+        return push_folder(
+            folder,
+            self._repo_id(token),
+            self.lineage(),
+            options,
+            teacher_folder=None if isinstance(teacher, SharedBaseTeacher) else local_folder(teacher),
+            local_paths=self._local_paths(),
+            card_folder=self.args.output_dir,
+            token=token or get_token(),
+            **push_arguments,
+        )
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """Write the student's card (lineage, license duties, teacher vs student) to `output_dir/README.md`, merged
+        into an existing README. Takes the card arguments of `push_to_hub`."""
+        if not self.is_world_process_zero():
+            return
+        options = self._push_options(dict(kwargs))
+        repo_id = self._repo_id(self.args.hub_token, with_namespace=False)  # offline: the name is enough here
+        record = self.lineage()
+        policy = license_decision(record, repo_id, options)
+        folder = self.args.output_dir
+        adapter = os.path.isfile(os.path.join(folder, "adapter_config.json"))
+        card = folder_card(record, policy, repo_id, options, folder, adapter)
+        path = os.path.join(folder, "README.md")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(card)
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Save the student and push it with its card, lineage record, NOTICE and the teacher's license files, in
+        one commit to `args.hub_model_id` (default: the output folder's name).
+
+        Nothing is uploaded, and the repository is not created, when the teacher's license terms refuse the push,
+        a file to be pushed holds a local path or the token, or the Hub rejects the card's metadata.
+
+        Args:
+            commit_message (`str`, *optional*, defaults to `"End of training"`): the commit's title.
+            blocking (`bool`, *optional*, defaults to `True`): wait for the upload.
+            token (`str`, *optional*): defaults to `args.hub_token`, then the saved token.
+            revision (`str`, *optional*): branch to commit to; defaults to `args.hub_revision`.
+            private (`bool`, *optional*): visibility when the repository is created.
+            license (`str`, *optional*): the student's license; defaults to the teacher's when its terms carry over.
+            finetuned_from (`str`, *optional*): Hub id for `base_model`; defaults to the student's initialisation.
+            tags, language, dataset: added to the card's metadata.
+            acknowledge_teacher_license, override_name_prefix (`bool`, *optional*): see `DistillationConfig`.
+
+        Returns:
+            `CommitInfo` (or a `Future` of it when `blocking=False`); `None` on processes other than the main one.
+        """
+        options = self._push_options(kwargs)
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        self.save_model()  # every process: sharded states gather; the merged model when merge_adapter_on_save
+        if not self.is_world_process_zero():
+            return None
+        self._finish_current_push()
+        token = token if token is not None else self.args.hub_token
+        return self._push(
+            self.args.output_dir,
+            options,
+            token,
+            commit_message=commit_message or "End of training",
+            revision=revision or self.args.hub_revision,
+            private=private,
+            blocking=blocking,
+        )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # The Trainer's checkpoint push, as one commit that also carries the card, lineage and NOTICE: the model
+        # files at the root, the training state under last-checkpoint/ (or the checkpoint's own name).
+        strategy = self.args.hub_strategy
+        if not self.is_world_process_zero() or strategy == HubStrategy.END:
+            return
+        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+            return
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        with_state = strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS)
+        name = "last-checkpoint" if strategy == HubStrategy.CHECKPOINT else os.path.basename(checkpoint_folder)
+        future = self._push(
+            checkpoint_folder,
+            self._push_options({}),
+            self.args.hub_token,
+            skip=TRAINING_STATE,
+            checkpoint_folder=checkpoint_folder if with_state else None,
+            checkpoint_name=name,
+            commit_message=f"Training in progress, step {self.state.global_step}",
+            revision=self.args.hub_revision,
+            blocking=False,
+        )
+        if self.push_in_progress is None or self.push_in_progress.is_done():
+            self.push_in_progress = PushInProgress([future])
+        else:
+            self.push_in_progress.jobs.append(future)
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
