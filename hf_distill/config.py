@@ -98,6 +98,20 @@ class DistillationConfig(TrainingArguments):
             "weights are loaded at that sha and the student's lineage names it."
         },
     )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train from a teacher cache (a folder written by `hf-distill cache-teacher`, or a Hub dataset id) "
+            "with no teacher loaded. teacher_model_name_or_path / teacher_revision, when also set, must match it."
+        },
+    )
+    teacher_cache_tail: str = field(
+        default="bucket",
+        metadata={
+            "help": "How the sparse KD term over a cache's top-k treats the rest of the vocabulary: bucket (one "
+            "extra outcome holding the remaining mass of each model) or renormalize (both top-k renormalised)."
+        },
+    )
     teacher_trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Let the teacher's repository run its own Python code when loading. Off by default."},
@@ -191,6 +205,8 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"teacher_dtype={self.teacher_dtype!r}; use float32, bfloat16, float16 or leave it unset."
             )
+        if self.teacher_cache_tail not in ("bucket", "renormalize"):
+            raise ValueError(f"teacher_cache_tail={self.teacher_cache_tail!r}; use bucket or renormalize.")
         if self.preflight not in ("refuse", "print", "off"):
             raise ValueError(f"preflight={self.preflight!r}; use refuse, print or off.")
         if self.kd_chunk_size is not None and self.kd_chunk_size < 0:

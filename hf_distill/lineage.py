@@ -24,6 +24,7 @@ from .losses import KDObjective
 from .provenance import UNRESOLVED, is_commit_sha, library_versions, model_source
 from .tasks import unwrap_peft
 from .teacher import SharedBaseTeacher
+from .teacher_cache import CachedTeacher
 
 LINEAGE_FILE = "distillation_lineage.json"
 SCHEMA_VERSION = 1
@@ -217,7 +218,9 @@ def build_lineage(
     evaluation: dict[str, Any] | None = None,
 ) -> Lineage:
     """The record for `student` (unwrapped, PEFT or not) distilled from `teacher` with `objective`."""
-    if isinstance(teacher, SharedBaseTeacher):
+    if isinstance(teacher, CachedTeacher):  # the teacher that made the cache, and the cache itself
+        teacher_record = {"adapter": None, **teacher.source, "kind": "cache", "cache": teacher.cache.lineage_record()}
+    elif isinstance(teacher, SharedBaseTeacher):
         base = model_source(unwrap_peft(teacher.student))
         teacher_record = {**base, "kind": "shared_base", **_model_record(teacher.student), "adapter": None}
     else:

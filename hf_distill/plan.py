@@ -28,7 +28,7 @@ class PlanInputs:
 
     student: nn.Module
     teacher: nn.Module
-    teacher_placement: str  # replicate / shard / offload / devices / shared_base
+    teacher_placement: str  # replicate / shard / offload / devices / shared_base / cache
     processes: int
     student_sharded: bool
     batch_size: int
@@ -92,8 +92,8 @@ def _largest_layer_bytes(model: nn.Module) -> int:
 def _teacher_bytes(inputs: PlanInputs) -> int:
     full = _bytes(inputs.teacher.parameters())
     kind = inputs.teacher_placement
-    if kind in ("shared_base", "devices"):
-        return 0  # its weights are the student's, or on devices of its own
+    if kind in ("shared_base", "devices", "cache"):
+        return 0  # its weights are the student's, on devices of its own, or it is a cache read with the batches
     if kind == "shard":
         return math.ceil(full / inputs.processes) + _largest_layer_bytes(inputs.teacher)  # + one gathered layer
     if kind == "offload":
@@ -206,7 +206,7 @@ def plan_run(trainer) -> MemoryPlan:
     optimizer = str(getattr(args.optim, "value", args.optim))
     student_sharded = student_strategy(accelerator) in SHARDED_STRATEGIES
     placement = trainer.teacher_placement.kind
-    if not any(True for _ in trainer.teacher_model.parameters()):
+    if placement != "cache" and not any(True for _ in trainer.teacher_model.parameters()):
         placement = "shared_base"
     head = linear_head(trainer.model)
     inputs = PlanInputs(

@@ -347,7 +347,7 @@ def _short_name(config: Any) -> str:
 
 def describe_teacher(teacher: nn.Module) -> str:
     """Short description for logs: name and parameter count."""
-    if isinstance(teacher, SharedBaseTeacher):
+    if callable(getattr(teacher, "describe", None)):  # the shared base, a teacher cache
         return teacher.describe()
     name = _short_name(getattr(unwrap_peft(teacher), "config", None)) or type(teacher).__name__
     if is_peft_model(teacher):

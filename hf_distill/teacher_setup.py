@@ -12,16 +12,18 @@ from torch import nn
 from .adapters import SHARED_BASE_TEACHER
 from .config import distillation_setting
 from .placement import Placement, resolve_placement, teacher_device
-from .provenance import is_commit_sha, model_source
+from .provenance import is_commit_sha, model_source, source_of
 from .teacher import (
     SharedBaseTeacher,
     cast_teacher,
     freeze,
     load_teacher,
     load_teacher_tokenizer,
+    output_vocab_size,
     place_teacher,
     shared_vocab_size,
 )
+from .teacher_cache import CachedTeacher, check_cache, load_teacher_cache
 
 
 @dataclass
@@ -53,6 +55,24 @@ def teacher_compute_dtype(args: Any, student: nn.Module) -> torch.dtype:
     return next((p.dtype for p in student.parameters() if p.is_floating_point()), torch.float32)
 
 
+def _cached_setup(
+    teacher: CachedTeacher | None, cache: str | None, student: nn.Module, args: Any, tokenizer: Any
+) -> TeacherSetup:
+    """A cache stands in for the teacher: opened, verified and checked against this run; nothing is loaded."""
+    teacher = teacher or CachedTeacher(load_teacher_cache(cache))
+    expected = distillation_setting(args, "teacher_model_name_or_path")
+    check_cache(
+        teacher.cache,
+        tokenizer=getattr(tokenizer, "tokenizer", tokenizer),
+        temperature=distillation_setting(args, "kd_temperature"),
+        vocab_size=output_vocab_size(student),
+        teacher_source=None
+        if expected is None
+        else source_of(expected, distillation_setting(args, "teacher_revision")),
+    )
+    return TeacherSetup(teacher, None, Placement("cache"), None)
+
+
 def setup_teacher(
     teacher: nn.Module | str | None,
     student: nn.Module,
@@ -62,6 +82,9 @@ def setup_teacher(
     teacher_tokenizer: Any | None = None,
 ) -> TeacherSetup:
     """Resolve, check, freeze, cast and place the teacher for `student` (see `DistillationTrainer`)."""
+    cache = distillation_setting(args, "teacher_cache")
+    if isinstance(teacher, CachedTeacher) or (teacher is None and cache is not None):
+        return _cached_setup(teacher, cache, student, args, student_tokenizer)
     teacher = teacher if teacher is not None else distillation_setting(args, "teacher_model_name_or_path")
     if teacher is None:
         raise ValueError(

@@ -25,6 +25,7 @@ from .plan import MemoryPlan, plan_run, refusal_message
 from .publishing import PublishingMixin
 from .tasks import is_encoder_decoder, is_token_level, shifts_labels, unwrap_peft
 from .teacher import accepted_arguments, decoder_inputs, describe_teacher, model_logits, run_teacher, select_arguments
+from .teacher_cache import CACHE_COLUMNS, CacheCollator, CachedTeacher, TeacherCache, cache_rows, load_teacher_cache
 from .teacher_setup import setup_teacher
 
 logger = get_logger(__name__)
@@ -59,6 +60,10 @@ class DistillationTrainer(PublishingMixin, Trainer):
         teacher_processing_class (*optional*):
             The teacher's tokenizer, to check that it matches the student's (`processing_class`). Loaded from the
             teacher's folder when the teacher is given by name.
+        teacher_cache (`str` or `TeacherCache`, *optional*):
+            Train from a teacher cache (see `hf_distill.cache_teacher`) instead of a live teacher: a folder or a Hub
+            dataset id. Nothing is loaded; the student trains on the cache's rows with a sparse KD term over the
+            teacher's top-k (`teacher_cache_tail`).
         peft_config (`peft.PeftConfig`, *optional*):
             Train the student as adapters (LoRA, DoRA, IA³, ...) over the frozen `model`, as TRL's trainers do. The
             saved output is then the adapter, or a merged full model with `merge_adapter_on_save=True`.
@@ -91,6 +96,7 @@ class DistillationTrainer(PublishingMixin, Trainer):
         teacher_model: nn.Module | str | None = None,
         teacher_processing_class: Any | None = None,
         peft_config: PeftConfig | None = None,
+        teacher_cache: str | TeacherCache | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         if trainer_kwargs.get("compute_loss_func") is not None:
@@ -105,11 +111,19 @@ class DistillationTrainer(PublishingMixin, Trainer):
                 "teacher's soft targets already replace one-hot labels); set it to 0."
             )
         self.kd_objective: KDObjective = kd_objective_from_args(self.args)
+        if teacher_cache is not None:
+            if teacher_model is not None:
+                raise ValueError("Pass teacher_model or teacher_cache, not both: a cache stands in for the teacher.")
+            loaded = teacher_cache if isinstance(teacher_cache, TeacherCache) else load_teacher_cache(teacher_cache)
+            teacher_model = CachedTeacher(loaded)
         setup = setup_teacher(
             teacher_model, self.model, self.args, self.accelerator, self.processing_class, teacher_processing_class
         )
         self.teacher_model, self._shared_vocab = setup.model, setup.shared_vocab
         self._teacher_placement, self._teacher_device = setup.placement, setup.device
+        if isinstance(self.teacher_model, CachedTeacher):  # train on the cache's rows, padded with their columns
+            self.train_dataset = cache_rows(self.teacher_model.cache, self.train_dataset)
+            self.data_collator = CacheCollator(self.data_collator)
         if not self.label_names:  # plain modules: keep `labels` flowing to the loss and to compute_metrics
             self.label_names = ["labels"]
         self._shift_labels = shifts_labels(self.model)
@@ -182,7 +196,9 @@ class DistillationTrainer(PublishingMixin, Trainer):
         labels = inputs.get("labels")
         features = {k: v for k, v in inputs.items() if k not in _LABEL_COLUMNS}
         student_inputs = select_arguments(decoder_inputs(model, features, labels), self._student_arguments)
-        if self._use_chunked_loss(model, student_inputs, features, labels):
+        if isinstance(self.teacher_model, CachedTeacher):
+            sums, outputs = self._cached_sums(model, inputs, labels)
+        elif self._use_chunked_loss(model, student_inputs, features, labels):
             sums, outputs = self._chunked_sums(model, student_inputs, features, labels)
         else:
             outputs = model(**student_inputs)
@@ -265,6 +281,21 @@ class DistillationTrainer(PublishingMixin, Trainer):
             self._chunk_size,
             vocab_size=self._shared_vocab,
             require_labels=model.training,
+        )
+        return sums, outputs
+
+    def _cached_sums(self, model: nn.Module, inputs: dict[str, Any], labels: Any) -> tuple:
+        features = {k: v for k, v in inputs.items() if k not in (*_LABEL_COLUMNS, *CACHE_COLUMNS)}
+        outputs = model(**select_arguments(decoder_inputs(model, features, labels), self._student_arguments))
+        sums = self.teacher_model.objective_sums(
+            self.kd_objective,
+            model_logits(outputs, "student"),
+            inputs,
+            labels,
+            self._position_attention_mask(features),
+            self._shift_labels,
+            require_labels=model.training,
+            tail=distillation_setting(self.args, "teacher_cache_tail"),
         )
         return sums, outputs
 

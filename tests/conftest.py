@@ -49,6 +49,9 @@ from hub_server import DUMMY_TOKEN, LocalHub  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+HUB_TOKEN = DUMMY_TOKEN
+"""The token the `hub` fixture exposes as HF_TOKEN (tests/test_hub.py imports it from here)."""
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -14,10 +14,10 @@ MODULES = sorted(glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True))
 
 # Lower layers never import higher ones.
 LAYERS = [
-    {"losses", "logs", "tasks", "assets", "placement", "provenance", "licenses"},
+    {"losses", "logs", "tasks", "assets", "placement", "provenance", "licenses", "teacher_cache"},
     {"config", "metrics", "student_init", "recipe", "report", "adapters"},
     {"teacher", "data", "lm_head"},
-    {"lineage", "teacher_setup", "plan", "comparison"},
+    {"lineage", "teacher_setup", "plan", "comparison", "cache_writer"},
     {"model_card"},
     {"hub", "pull"},
     {"publishing"},

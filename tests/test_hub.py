@@ -279,3 +279,31 @@ def test_malformed_lineage_in_a_pulled_card_names_the_field(hub, tmp_path, capsy
     assert main(["lineage", "me/tiny-student"]) == 1
     captured = capsys.readouterr()
     assert "teacher.revision" in captured.err and '"kd_loss": "forward_kl"' in captured.out
+
+
+def test_a_teacher_cache_on_the_hub_is_pinned_and_named_in_the_students_lineage(hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    from hf_distill.cache_writer import cache_teacher
+
+    _seed_model(hub, "acme/teacher", llama(64, 2), "apache-2.0")
+    teacher = AutoModelForCausalLM.from_pretrained("acme/teacher")
+    cache_teacher(teacher, _data(), str(tmp_path / "cache"), k=8, progress=False)
+    api = HfApi()
+    api.create_repo("me/teacher-cache", repo_type="dataset")
+    api.upload_folder(repo_id="me/teacher-cache", repo_type="dataset", folder_path=str(tmp_path / "cache"))
+    sha = hub.head("me/teacher-cache", repo_type="dataset")
+    trainer = DistillationTrainer(
+        model=llama(32, 1),
+        teacher_cache="me/teacher-cache",
+        args=DistillationConfig(
+            output_dir=str(tmp_path / "out"), max_steps=1, report_to=[], use_cpu=True, preflight="off"
+        ),
+    )
+    trainer.train()
+    record = trainer.lineage().teacher
+    assert (record["name"], record["revision"]) == ("acme/teacher", hub.head("acme/teacher"))
+    assert (record["cache"]["name"], record["cache"]["revision"]) == ("me/teacher-cache", sha)
+    trainer.push_to_hub()  # the teacher's license came with the cache's fingerprint
+    meta = yaml.safe_load(hub.files("local-user/out")["README.md"].decode().split("---\n")[1])
+    assert meta["distillation"]["teacher"]["cache"]["fingerprint"] == record["cache"]["fingerprint"]

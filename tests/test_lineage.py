@@ -102,6 +102,19 @@ def test_objective_datasets_versions_and_a_random_student(tmp_path):
     assert record.versions["transformers"] == metadata.version("transformers")
 
 
+def test_a_dataset_downloaded_from_the_hub_is_recorded_at_its_commit(tmp_path):
+    sha = "aa13bc287fa6fcab6daf52f0dfb9994269ffea28"
+    data = _blocks()
+    data.info.dataset_name = "acme/corpus"
+    data.info.download_checksums = {f"hf://datasets/acme/corpus@{sha}/default/train/0000.parquet": {"num_bytes": 1}}
+    (record,) = (
+        DistillationTrainer(model=llama(64, 1), teacher_model=llama(64, 2), args=_args(tmp_path), train_dataset=data)
+        .lineage()
+        .datasets
+    )
+    assert (record["id"], record["revision"], record["fingerprint"]) == ("acme/corpus", sha, data._fingerprint)
+
+
 def _teacher_perplexity(teacher, dataset):
     # Independent of the trainer: the teacher's own mean token cross-entropy over the whole set.
     total, count = 0.0, 0
