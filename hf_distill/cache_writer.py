@@ -32,7 +32,7 @@ from .teacher_cache import (
 logger = get_logger(__name__)
 
 
-def _version() -> str | None:
+def hf_distill_version() -> str | None:
     try:
         return metadata.version("hf-distill")
     except metadata.PackageNotFoundError:
@@ -97,14 +97,25 @@ def _shard_rows(
     return columns, tokens
 
 
-def _features(dataset: Any, logprob_dtype: str, per_position: bool) -> Any:
+def write_shard(output_dir: str, name: str, columns: dict[str, list], features: Any) -> dict[str, Any]:
+    """Write one parquet shard atomically (a temporary file, then a rename); returns its manifest entry."""
+    from datasets import Dataset
+
+    path = os.path.join(output_dir, name)
+    Dataset.from_dict(columns, features=features).to_parquet(path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return {"file": name, "rows": len(next(iter(columns.values()))), "sha256": file_sha256(path)}
+
+
+def cache_features(base: Any, logprob_dtype: str, per_position: bool) -> Any:
+    """`datasets.Features` of cache rows: the example's own columns plus the three cache columns."""
     from datasets import Features, Sequence, Value
 
     value = Value(logprob_dtype)
     ids, logprobs, tail = Sequence(Value("int32")), Sequence(value), Value("float32")
     if per_position:
         ids, logprobs, tail = Sequence(ids), Sequence(logprobs), Sequence(tail)
-    return Features({**dataset.features, IDS: ids, LOGPROBS: logprobs, TAIL: tail})
+    return Features({**base, IDS: ids, LOGPROBS: logprobs, TAIL: tail})
 
 
 def cache_teacher(
@@ -147,7 +158,6 @@ def cache_teacher(
         `CacheInfo`: the manifest (rows, tokens, shards); `info.bytes_on_disk(output_dir) / info.tokens` is the storage
         per token.
     """
-    from datasets import Dataset
     from transformers import DataCollatorWithPadding, default_data_collator
 
     vocab_size = _vocab_size(teacher)
@@ -155,14 +165,14 @@ def cache_teacher(
     if collator is None:
         collator = DataCollatorWithPadding(tokenizer) if tokenizer is not None else default_data_collator
     fingerprint = CacheFingerprint(
-        teacher=teacher_source or _teacher_record(teacher),
+        teacher=teacher_source or teacher_record(teacher),
         tokenizer_sha256=tokenizer_sha256(tokenizer),
         temperature=float(temperature),
         k=k,
         vocab_size=vocab_size,
         dataset_fingerprint=dataset._fingerprint,
         logprob_dtype=logprob_dtype,
-        hf_distill_version=_version(),
+        hf_distill_version=hf_distill_version(),
     )
     os.makedirs(output_dir, exist_ok=True)
     info = _resume(output_dir, fingerprint, len(dataset), shard_size)
@@ -177,11 +187,8 @@ def cache_teacher(
             rows = dataset.select(range(start, min(start + shard_size, len(dataset))))
             columns, tokens = _shard_rows(teacher, rows, k, temperature, logprob_dtype, batch_size, collator)
             per_position = isinstance(columns[TAIL][0], list)
-            table = Dataset.from_dict(columns, features=_features(dataset, logprob_dtype, per_position))
-            path = os.path.join(output_dir, name)
-            table.to_parquet(path + ".tmp")
-            os.replace(path + ".tmp", path)
-            info.shards.append({"file": name, "rows": len(rows), "tokens": tokens, "sha256": file_sha256(path)})
+            features = cache_features(dataset.features, logprob_dtype, per_position)
+            info.shards.append({**write_shard(output_dir, name, columns, features), "tokens": tokens})
             info.shards.sort(key=lambda s: s["file"])
             info.tokens = sum(s["tokens"] for s in info.shards)
             info.save(output_dir)
@@ -194,7 +201,7 @@ def cache_teacher(
     return info
 
 
-def _teacher_record(teacher: nn.Module) -> dict[str, Any]:
+def teacher_record(teacher: nn.Module) -> dict[str, Any]:
     base = unwrap_peft(teacher)
     return {
         **model_source(teacher),

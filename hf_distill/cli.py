@@ -26,6 +26,12 @@ def _parser() -> argparse.ArgumentParser:
         "device's memory. Exit status 1 when it does not fit. Takes the same `--field value` overrides as train.",
     )
     plan.add_argument("config", help="path of the recipe YAML")
+    for name, helps in (
+        ("cache-teacher", "run the teacher once over a recipe's data and cache its top-k distributions (`cache:`)"),
+        ("generate", "have the teacher answer a recipe's prompts, optionally caching its top-k (`generate:`)"),
+    ):
+        command = commands.add_parser(name, help=helps, description=helps)
+        command.add_argument("config", help="path of the recipe YAML")
     lineage = commands.add_parser(
         "lineage",
         help="print a distilled student's lineage, up the chain of teachers",
@@ -70,6 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"hf-distill: {error}", file=sys.stderr)
         return 2
+    section = {"cache-teacher": "cache", "generate": "generate"}.get(args.command)
+    if section and getattr(recipe, section) is None:
+        print(f"hf-distill {args.command}: the recipe has no `{section}:` section.", file=sys.stderr)
+        return 2
+    if section:
+        from .offline import cache_recipe, generate_recipe
+
+        (cache_recipe if section == "cache" else generate_recipe)(recipe)
+        return 0
     from .run import plan_recipe, run_recipe  # heavy imports only once the recipe is known to be valid
 
     if args.command == "plan":

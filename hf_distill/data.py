@@ -31,17 +31,24 @@ def causal_lm_datasets(spec: DataSpec, tokenizer: Any) -> tuple[Dataset, Dataset
         text = read_text(spec.text_file)
     else:
         table = load_dataset(spec.dataset, data_files=spec.data_files, split=spec.split)
+        if (
+            "input_ids" in table.column_names
+        ):  # already tokenized rows (e.g. `hf-distill generate` output): as they are
+            return _split_tail(table, spec)
         text = "\n\n".join(table[spec.text_column])
     # Line by line: one call on a whole book warns about the model's maximum length, and blocks are cut later anyway.
     lines = tokenizer(text.splitlines(keepends=True))["input_ids"]
     blocks = _blocks([token for line in lines for token in line], spec.block_size)
     if len(blocks) < 2:
         raise ValueError(f"data: the text gives {len(blocks)} block(s) of {spec.block_size} tokens; need at least 2.")
-    num_eval = max(1, round(len(blocks) * spec.eval_fraction))
-    train, evaluation = (
-        blocks.select(range(len(blocks) - num_eval)),
-        blocks.select(range(len(blocks) - num_eval, len(blocks))),
-    )
+    return _split_tail(blocks, spec)
+
+
+def _split_tail(rows: Dataset, spec: DataSpec) -> tuple[Dataset, Dataset]:
+    num_eval = max(1, round(len(rows) * spec.eval_fraction))
+    if len(rows) - num_eval < 1:
+        raise ValueError(f"data: {len(rows)} example(s) leave nothing to train on after holding out {num_eval}.")
+    train, evaluation = rows.select(range(len(rows) - num_eval)), rows.select(range(len(rows) - num_eval, len(rows)))
     if spec.max_train_examples is not None:
         train = train.select(range(min(spec.max_train_examples, len(train))))
     return _named(train, spec), _named(evaluation, spec)

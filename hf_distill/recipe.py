@@ -57,6 +57,39 @@ class DataSpec:
 
 
 @dataclass
+class CacheSpec:
+    """`cache:` section of `hf-distill cache-teacher`: the teacher's top-k over the recipe's train and eval data,
+    written to `<output_dir>/train` and `<output_dir>/eval`."""
+
+    output_dir: str = ""
+    k: int = 64
+    temperature: float = 1.0  # training from the cache must use the same kd_temperature
+    logprob_dtype: str = "float16"  # float32, float16 or uint8 (quantised)
+    batch_size: int = 8
+    shard_size: int = 1024
+
+
+@dataclass
+class GenerateSpec:
+    """`generate:` section of `hf-distill generate`: the teacher answers the prompts in `data.dataset`."""
+
+    output_dir: str = ""
+    prompt_column: str = "prompt"
+    chat_template: bool = True  # format prompts with the tokenizer's chat template when it has one
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    seed: int = 0
+    batch_size: int = 8
+    max_prompts: int | None = None
+    cache_top_k: int | None = None  # also keep the teacher's top-k over its own responses (a teacher cache)
+    cache_temperature: float = 1.0
+    logprob_dtype: str = "float16"
+
+
+@dataclass
 class Recipe:
     task: str
     teacher: TeacherSpec
@@ -64,6 +97,8 @@ class Recipe:
     data: DataSpec
     args: dict[str, Any]
     peft: dict[str, Any] | None = None
+    cache: CacheSpec | None = None
+    generate: GenerateSpec | None = None
 
     def training_arguments(self) -> DistillationConfig:
         return DistillationConfig(**self.args)
@@ -91,6 +126,7 @@ def _peft_config(section: dict[str, Any]) -> PeftConfig:
 
 
 _SECTIONS = {"teacher": TeacherSpec, "student": StudentSpec, "data": DataSpec}
+_OFFLINE_SECTIONS = {"cache": CacheSpec, "generate": GenerateSpec}
 
 
 def _build(cls: type, values: dict[str, Any] | None, where: str) -> Any:
@@ -108,7 +144,7 @@ def _apply_override(raw: dict[str, Any], dotted: str, value: str) -> None:
     """`--data.block_size 64` sets raw['data']['block_size']; `--learning_rate 1e-4` sets raw['args'][...]."""
     parsed = yaml.safe_load(value)
     section, _, key = dotted.partition(".")
-    if key and section in (*_SECTIONS, "args"):
+    if key and section in (*_SECTIONS, *_OFFLINE_SECTIONS, "args"):
         raw.setdefault(section, {})[key] = parsed
     elif dotted == "task":
         raw["task"] = parsed
@@ -164,6 +200,17 @@ def _check_adapter_student(path: str, recipe: Recipe) -> None:
         )
 
 
+def _check_offline(path: str, recipe: Recipe) -> None:
+    for name in _OFFLINE_SECTIONS:
+        section = getattr(recipe, name)
+        if section is not None and not section.output_dir:
+            raise ValueError(f"{path}: `{name}.output_dir` is required.")
+    if recipe.generate is not None and recipe.data.dataset is None:
+        raise ValueError(f"{path}: generate reads prompts from `data.dataset` (with data_files); set it.")
+    if (recipe.data.text_file is None) == (recipe.data.dataset is None):
+        raise ValueError(f"{path}: set exactly one of `data.text_file` and `data.dataset`.")
+
+
 def load_recipe(path: str, overrides: list[tuple[str, str]] | None = None) -> Recipe:
     """Read a recipe YAML, apply `--field value` overrides, and validate every key.
 
@@ -176,10 +223,11 @@ def load_recipe(path: str, overrides: list[tuple[str, str]] | None = None) -> Re
         raise ValueError(f"{path}: the top level must be a mapping.")
     for key, value in overrides or []:
         _apply_override(raw, key, value)
-    unknown = sorted(set(raw) - {"task", "args", "peft", *_SECTIONS})
+    unknown = sorted(set(raw) - {"task", "args", "peft", *_SECTIONS, *_OFFLINE_SECTIONS})
     if unknown:
         raise ValueError(
-            f"{path}: unknown top-level key(s) {', '.join(unknown)}; valid: task, teacher, student, data, peft, args."
+            f"{path}: unknown top-level key(s) {', '.join(unknown)}; valid: task, teacher, student, data, peft, args, "
+            "cache, generate."
         )
     task = raw.get("task", "causal_lm")
     if task not in TASKS:
@@ -200,10 +248,14 @@ def load_recipe(path: str, overrides: list[tuple[str, str]] | None = None) -> Re
         args=args,
         peft=raw.get("peft"),
         **{name: _build(cls, raw.get(name), name) for name, cls in _SECTIONS.items()},
+        **{name: _build(cls, raw[name], name) for name, cls in _OFFLINE_SECTIONS.items() if name in raw},
     )
     recipe.peft_config()  # validates the section
     if not recipe.teacher.model_name_or_path:
         raise ValueError(f"{path}: `teacher.model_name_or_path` is required.")
+    if "student" not in raw and (recipe.cache or recipe.generate):  # cache-teacher / generate need no student
+        _check_offline(path, recipe)
+        return recipe
     if recipe.student.init not in STUDENT_INITS:
         raise ValueError(f"{path}: student.init={recipe.student.init!r}; use one of {', '.join(STUDENT_INITS)}.")
     if recipe.student.init == "pretrained" and not recipe.student.model_name_or_path:

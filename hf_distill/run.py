@@ -15,6 +15,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BitsAndBytesConfig,
+    DataCollatorForSeq2Seq,
     DataCollatorWithPadding,
     Trainer,
     TrainingArguments,
@@ -31,6 +32,7 @@ from .provenance import record_source, source_of
 from .recipe import Recipe
 from .report import ModelRow, format_table, parameter_count, size_on_disk
 from .student_init import student_from_teacher_layers
+from .teacher_cache import CACHE_COLUMNS, CACHE_INFO_FILE, cache_rows, load_teacher_cache
 from .trainer import DistillationTrainer
 
 logger = get_logger(__name__)
@@ -85,29 +87,48 @@ class Loaded:
     collator: Any
 
 
+def load_tokenizer(recipe: Recipe) -> tuple[str, Any]:
+    """The teacher's local folder (a packaged model is converted once) and its tokenizer."""
+    teacher_path = _local_path(recipe.teacher.model_name_or_path)
+    return teacher_path, AutoTokenizer.from_pretrained(
+        teacher_path, trust_remote_code=recipe.teacher.trust_remote_code
+    )
+
+
+def load_data(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Train and eval datasets, their collator, and the head's loading arguments (labels of a classifier)."""
+    if recipe.task == "causal_lm":
+        train, evaluation = causal_lm_datasets(recipe.data, tokenizer)
+        if len({len(ids) for ids in train["input_ids"]}) > 1:  # tokenized rows of their own lengths: pad them
+            return train, evaluation, DataCollatorForSeq2Seq(tokenizer, padding=True), {}
+        return train, evaluation, default_data_collator, {}
+    train, evaluation, names = classification_datasets(recipe.data, tokenizer)
+    load_kwargs = {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
+    return train, evaluation, DataCollatorWithPadding(tokenizer), load_kwargs
+
+
+def load_teacher_model(recipe: Recipe, teacher_path: str, **load_kwargs: Any) -> Any:
+    """The recipe's teacher, with its source (Hub commit, packaged asset or weights hash) recorded for the lineage."""
+    teacher = _AUTO[recipe.task].from_pretrained(
+        teacher_path, trust_remote_code=recipe.teacher.trust_remote_code, **load_kwargs
+    )
+    folder = teacher_path if os.path.isdir(teacher_path) else None
+    return record_source(teacher, source_of(recipe.teacher.model_name_or_path), folder)
+
+
 def load_recipe_parts(recipe: Recipe) -> Loaded:
     """Load the tokenizer, teacher, student and datasets a recipe names (nothing is trained)."""
     args = recipe.training_arguments()
     if recipe.student.quantization:  # before anything is loaded
         require_bitsandbytes(f"student.quantization={recipe.student.quantization}")
-    teacher_path = _local_path(recipe.teacher.model_name_or_path)
     auto = _AUTO[recipe.task]
-    tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=recipe.teacher.trust_remote_code)
-    if recipe.task == "causal_lm":
-        train, evaluation = causal_lm_datasets(recipe.data, tokenizer)
-        collator, load_kwargs = default_data_collator, {}
-    else:
-        train, evaluation, names = classification_datasets(recipe.data, tokenizer)
-        collator = DataCollatorWithPadding(tokenizer)
-        load_kwargs = {
-            "num_labels": len(names),
-            "id2label": dict(enumerate(names)),
-            "label2id": {n: i for i, n in enumerate(names)},
-        }
-    teacher = auto.from_pretrained(teacher_path, trust_remote_code=recipe.teacher.trust_remote_code, **load_kwargs)
-    record_source(
-        teacher, source_of(recipe.teacher.model_name_or_path), teacher_path if os.path.isdir(teacher_path) else None
-    )
+    teacher_path, tokenizer = load_tokenizer(recipe)
+    train, evaluation, collator, load_kwargs = load_data(recipe, tokenizer)
+    teacher = load_teacher_model(recipe, teacher_path, **load_kwargs)
     if recipe.student.init == "teacher_layers":
         student = student_from_teacher_layers(teacher, recipe.student.layers)
     else:
@@ -125,13 +146,26 @@ def load_recipe_parts(recipe: Recipe) -> Loaded:
     return Loaded(args, tokenizer, teacher_path, teacher, student, train, evaluation, collator)
 
 
+def _cached_eval(cache_path: str, evaluation: Any) -> Any:
+    """Evaluation rows when training from a cache: the eval set's own cache, written beside the train cache by
+    `hf-distill cache-teacher` (`<dir>/train`, `<dir>/eval`), when there is one; else none (no teacher to score)."""
+    if all(c in evaluation.column_names for c in CACHE_COLUMNS):
+        return evaluation
+    sibling = os.path.join(os.path.dirname(os.path.normpath(cache_path)), "eval")
+    if not os.path.isfile(os.path.join(sibling, CACHE_INFO_FILE)):
+        logger.info(f"No teacher cache of the evaluation set at {sibling}: the trainer runs no distillation eval.")
+        return None
+    return cache_rows(load_teacher_cache(sibling), evaluation)
+
+
 def build_trainer(recipe: Recipe, loaded: Loaded) -> DistillationTrainer:
+    cache = loaded.args.teacher_cache
     return DistillationTrainer(
         model=loaded.student,
-        teacher_model=loaded.teacher,
+        teacher_model=None if cache else loaded.teacher,
         args=loaded.args,
         train_dataset=loaded.train,
-        eval_dataset=loaded.evaluation,
+        eval_dataset=_cached_eval(cache, loaded.evaluation) if cache else loaded.evaluation,
         data_collator=loaded.collator,
         processing_class=loaded.tokenizer,
         teacher_processing_class=loaded.tokenizer,

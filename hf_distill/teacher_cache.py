@@ -63,6 +63,8 @@ class CacheFingerprint:
         dataset_fingerprint (`str`): the `datasets` fingerprint of the tokenized dataset the teacher ran on.
         logprob_dtype (`str`): float32, float16 or uint8 (quantised).
         hf_distill_version (`str`, *optional*).
+        generation (`dict`, *optional*): for a cache of the teacher's own responses (`hf-distill generate`), the
+            prompts' fingerprint and the sampling parameters.
     """
 
     teacher: dict[str, Any]
@@ -73,6 +75,7 @@ class CacheFingerprint:
     dataset_fingerprint: str
     logprob_dtype: str
     hf_distill_version: str | None = None
+    generation: dict[str, Any] | None = None
 
     def digest(self) -> str:
         """One SHA-256 naming this fingerprint (recorded in the student's lineage)."""
@@ -167,7 +170,10 @@ class TeacherCache:
     name: dict[str, Any]
 
     def lineage_record(self) -> dict[str, Any]:
-        return {**self.name, "fingerprint": self.info.fingerprint.digest(), "k": self.info.fingerprint.k}
+        record = {**self.name, "fingerprint": self.info.fingerprint.digest(), "k": self.info.fingerprint.k}
+        if self.info.fingerprint.generation is not None:
+            record["generation"] = self.info.fingerprint.generation
+        return record
 
 
 def load_teacher_cache(path_or_repo: str, revision: str | None = None, token: str | None = None) -> TeacherCache:

@@ -18,11 +18,13 @@ LAYERS = [
     {"config", "metrics", "student_init", "recipe", "report", "adapters"},
     {"teacher", "data", "lm_head"},
     {"lineage", "teacher_setup", "plan", "comparison", "cache_writer"},
+    {"generation"},
     {"model_card"},
     {"hub", "pull"},
     {"publishing"},
     {"trainer"},
-    {"run", "cli", "__main__", "__init__"},
+    {"run"},
+    {"offline", "cli", "__main__", "__init__"},
 ]
 
 
