@@ -99,10 +99,12 @@ def _shard_rows(
 
 def write_shard(output_dir: str, name: str, columns: dict[str, list], features: Any) -> dict[str, Any]:
     """Write one parquet shard atomically (a temporary file, then a rename); returns its manifest entry."""
+    import pyarrow.parquet as pq
     from datasets import Dataset
 
     path = os.path.join(output_dir, name)
-    Dataset.from_dict(columns, features=features).to_parquet(path + ".tmp")
+    # The Arrow table keeps the `datasets` features in its schema metadata, so the shard reads back typed.
+    pq.write_table(Dataset.from_dict(columns, features=features).data.table, path + ".tmp")
     os.replace(path + ".tmp", path)
     return {"file": name, "rows": len(next(iter(columns.values()))), "sha256": file_sha256(path)}
 

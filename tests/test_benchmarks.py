@@ -36,3 +36,10 @@ def test_bench_step_runs():
 def test_bench_shared_base_runs():
     out = _run("bench_shared_base.py", "--hidden", "64", "--layers", "1", "--vocab", "512", "--seq-len", "16")
     assert "| shared_base |" in out and "| separate_copy |" in out and "Saved by teacher_model='base'" in out
+
+
+def test_bench_offline_runs_and_the_cache_is_smaller_than_dense_logits():
+    out = _run("bench_offline.py", "--vocab", "512", "--k", "8", "--repeats", "1", "--seq-len", "32", "--rows", "4")
+    ratios = [float(line.split("|")[4]) for line in out.splitlines() if line.startswith("| 8 |")]
+    assert len(ratios) == 3 and all(r < 1 for r in ratios)  # float32, float16, uint8 rows
+    assert "| cache_k8 |" in out and "| online |" in out

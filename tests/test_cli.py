@@ -26,8 +26,9 @@ def test_every_shipped_recipe_loads_and_opens_with_its_command(path):
     relative = os.path.relpath(path, REPO)
     with open(path) as f:
         first_line = f.readline().strip()
-    assert first_line == f"# hf-distill train {relative}"
     recipe = load_recipe(path)
+    command = "cache-teacher" if recipe.cache else "generate" if recipe.generate else "train"
+    assert first_line == f"# hf-distill {command} {relative}"
     recipe.training_arguments()  # every `args` value is a valid DistillationConfig field value
 
 
