@@ -20,8 +20,6 @@ import torch
 from torch import nn
 
 from .logs import get_logger
-from .losses import KDObjective, ObjectiveSums
-from .losses.sparse import sparse_objective_sums
 
 logger = get_logger(__name__)
 
@@ -279,37 +277,15 @@ class CachedTeacher(nn.Module):
         dtype = self.cache.info.fingerprint.logprob_dtype
         return teacher_topk_ids.long(), decode_logprobs(teacher_topk_logprobs, dtype), teacher_tail.float()
 
-    def objective_sums(
-        self,
-        objective: KDObjective,
-        student_logits: torch.Tensor,
-        batch: dict[str, Any],
-        labels: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        shift_labels: bool,
-        require_labels: bool = True,
-        tail: str = "bucket",
-    ) -> ObjectiveSums:
-        """The sparse objective of a batch of cache rows (`student_logits` `(B, T, V)` or `(B, V)`)."""
+    def rows(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(ids, log-probs, tail)` of a batch of cache rows; a batch without the cache columns is refused."""
         missing = [c for c in CACHE_COLUMNS if c not in batch]
         if missing:
             raise ValueError(
                 f"This batch has no {', '.join(missing)}: training from a teacher cache, every dataset (eval_dataset "
                 "too) must be rows of a cache. Cache the evaluation set as well and pass that dataset."
             )
-        ids, logprobs, tail_mass = self(**{c: batch[c] for c in CACHE_COLUMNS})
-        return sparse_objective_sums(
-            objective,
-            student_logits,
-            ids,
-            logprobs,
-            tail_mass,
-            labels,
-            attention_mask,
-            shift_labels,
-            require_labels=require_labels,
-            tail=tail,
-        )
+        return self(**{c: batch[c] for c in CACHE_COLUMNS})
 
     def describe(self) -> str:
         fingerprint = self.cache.info.fingerprint

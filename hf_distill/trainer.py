@@ -13,6 +13,7 @@ from transformers.trainer_pt_utils import nested_detach
 from transformers.trainer_utils import EvalLoopOutput
 
 from .adapters import wrap_student
+from .cached_loss import cached_objective
 from .config import distillation_setting, kd_objective_from_args
 from .hub import license_decision
 from .lm_head import capture_head_input, chunk_size_for, head_reproduces_logits, linear_head, slice_batch
@@ -227,9 +228,11 @@ class DistillationTrainer(PublishingMixin, Trainer):
     def _resolve_chunk_size(self) -> int:
         if not (self._shift_labels or is_encoder_decoder(self.model)):  # per-token LM heads only
             return 0
-        chunk = chunk_size_for(self.model, self.teacher_model, distillation_setting(self.args, "kd_chunk_size"))
+        cached = isinstance(self.teacher_model, CachedTeacher)  # then only the student's head is projected
+        teacher = self.model if cached else self.teacher_model
+        chunk = chunk_size_for(self.model, teacher, distillation_setting(self.args, "kd_chunk_size"))
         where = student_strategy(self.accelerator)
-        if chunk and (self._teacher_placement.kind != "replicate" or where not in ("single", "ddp")):
+        if chunk and (self._teacher_placement.kind not in ("replicate", "cache") or where not in ("single", "ddp")):
             # Sharded, offloaded or elsewhere-placed heads are not whole tensors on this device between forwards.
             logger.info(
                 f"The memory-efficient loss needs both LM heads whole on this device; with the student under "
@@ -251,12 +254,12 @@ class DistillationTrainer(PublishingMixin, Trainer):
         small_labels = None if labels is None else labels[:1]
         small_student = slice_batch(student_inputs, 1)
         teacher = self.teacher_model
-        small_teacher = select_arguments(
-            decoder_inputs(teacher, slice_batch(features, 1), small_labels), accepted_arguments(teacher)
-        )
-        ok = head_reproduces_logits(self.model, lambda: model(**small_student)) and head_reproduces_logits(
-            teacher, lambda: teacher(**small_teacher)
-        )
+        ok = head_reproduces_logits(self.model, lambda: model(**small_student))
+        if ok and not isinstance(teacher, CachedTeacher):
+            small_teacher = select_arguments(
+                decoder_inputs(teacher, slice_batch(features, 1), small_labels), accepted_arguments(teacher)
+            )
+            ok = head_reproduces_logits(teacher, lambda: teacher(**small_teacher))
         if not ok:
             logger.warning(
                 "The LM heads' outputs do not reproduce the models' logits (an unknown logit transform?); using the "
@@ -286,18 +289,13 @@ class DistillationTrainer(PublishingMixin, Trainer):
 
     def _cached_sums(self, model: nn.Module, inputs: dict[str, Any], labels: Any) -> tuple:
         features = {k: v for k, v in inputs.items() if k not in (*_LABEL_COLUMNS, *CACHE_COLUMNS)}
-        outputs = model(**select_arguments(decoder_inputs(model, features, labels), self._student_arguments))
-        sums = self.teacher_model.objective_sums(
-            self.kd_objective,
-            model_logits(outputs, "student"),
-            inputs,
-            labels,
-            self._position_attention_mask(features),
-            self._shift_labels,
-            require_labels=model.training,
-            tail=distillation_setting(self.args, "teacher_cache_tail"),
-        )
-        return sums, outputs
+        student_inputs = select_arguments(decoder_inputs(model, features, labels), self._student_arguments)
+        chunked = self._use_chunked_loss(model, student_inputs, features, labels)
+        return cached_objective(
+            self.teacher_model, self.model, lambda: model(**student_inputs), inputs, self.kd_objective, labels,
+            self._position_attention_mask(features), self._shift_labels, self._chunk_size if chunked else 0,
+            model.training, distillation_setting(self.args, "teacher_cache_tail"),
+        )  # fmt: skip
 
     def _check_count(self, sums: ObjectiveSums, inputs: dict[str, Any], num_items_in_batch: Any) -> None:
         # The window count was taken before the forward, from the batch alone. Only for a module of unknown kind

@@ -17,7 +17,7 @@ LAYERS = [
     {"losses", "logs", "tasks", "assets", "placement", "provenance", "licenses", "teacher_cache"},
     {"config", "metrics", "student_init", "recipe", "report", "adapters"},
     {"teacher", "data", "lm_head"},
-    {"lineage", "teacher_setup", "plan", "comparison", "cache_writer"},
+    {"lineage", "teacher_setup", "plan", "comparison", "cache_writer", "cached_loss"},
     {"generation"},
     {"model_card"},
     {"hub", "pull"},

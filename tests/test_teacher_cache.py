@@ -235,3 +235,47 @@ def test_evaluating_on_rows_without_the_cache_columns_says_what_to_do(tmp_path, 
     cache_teacher(teacher, _data(2), str(tmp_path / "eval-cache"), k=3, progress=False)
     metrics = trainer.evaluate(load_teacher_cache(str(tmp_path / "eval-cache")).dataset)
     assert metrics["eval_kd_loss"] > 0 and 0 <= metrics["eval_agreement"] <= 1
+
+
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+@pytest.mark.parametrize("chunk", [3, 16])
+def test_chunked_sparse_loss_equals_the_logits_path(tail, chunk):
+    # From hidden states and the head, a chunk at a time: the same sums and gradients as from the full logits.
+    from hf_distill.losses import KDObjective
+    from hf_distill.losses.chunked import LinearHead, chunked_sparse_objective_sums
+    from hf_distill.losses.sparse import sparse_objective_sums
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 7, 16, generator=g, requires_grad=True)
+    weight = torch.randn(VOCAB, 16, generator=g, requires_grad=True)
+    teacher = torch.log_softmax(torch.randn(2, 7, VOCAB, generator=g) / 2.0, -1)
+    logprobs, ids = teacher.topk(5, -1)
+    tail_mass = 1 - logprobs.exp().sum(-1)
+    labels = torch.randint(0, VOCAB, (2, 7), generator=g)
+    labels[0, :2] = -100
+    objective = KDObjective(kd_loss="jsd", kd_temperature=2.0, ce_weight=0.3)
+    args = (ids, logprobs, tail_mass, labels, None, True)
+    dense = sparse_objective_sums(objective, hidden @ weight.t(), *args, tail=tail)
+    dense_grads = torch.autograd.grad(dense.total, (hidden, weight))
+    chunked = chunked_sparse_objective_sums(objective, hidden, LinearHead(weight), *args, chunk_size=chunk, tail=tail)
+    chunked_grads = torch.autograd.grad(chunked.total, (hidden, weight))
+    for name in ("total", "kd", "ce", "num_targets", "agreement"):
+        torch.testing.assert_close(
+            getattr(chunked, name).float(), getattr(dense, name).float(), rtol=1e-5, atol=1e-5, msg=name
+        )
+    for a, b in zip(chunked_grads, dense_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_cache_training_never_builds_the_students_logits(tmp_path, teacher, monkeypatch):
+    import hf_distill.cached_loss as cached_loss
+
+    cache_teacher(teacher, _data(), str(tmp_path / "cache"), k=4, progress=False)
+    used = []
+    original = cached_loss.chunked_sparse_objective_sums
+    monkeypatch.setattr(
+        cached_loss, "chunked_sparse_objective_sums", lambda *a, **k: (used.append(a[1].shape), original(*a, **k))[1]
+    )
+    trainer = DistillationTrainer(model=llama(32, 1), teacher_cache=str(tmp_path / "cache"), args=_args(tmp_path))
+    trainer.train()
+    assert trainer.kd_chunk_size > 0 and used and all(shape[-1] == 32 for shape in used)  # hidden states, not logits

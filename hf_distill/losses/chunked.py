@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .composite import KDObjective, ObjectiveSums, check_labels, check_vocab, gather_rows, row_sums_and_grad
+from .sparse import gather_sparse_rows, sparse_row_sums_and_grad
 
 
 @dataclass
@@ -93,14 +94,50 @@ def _rows_in_cache(vocab_size: int) -> int:
     return max(1, 2**18 // vocab_size)
 
 
+class _DenseTeacher:
+    """The teacher as hidden states and an LM head: each chunk's logits are projected, then dropped."""
+
+    def __init__(self, head: LinearHead, shared: int) -> None:
+        self.head, self.shared, self.tile = head, shared, None
+
+    def start(self, rows: int) -> None:
+        self.tile = self.head.tile(rows)
+
+    def chunk(self, teacher_hidden: torch.Tensor, start: int, size: int, rows_here: int) -> torch.Tensor:
+        tile = None if self.tile is None else self.tile[:rows_here]
+        return self.head.transform(self.head.linear(teacher_hidden[start : start + size], tile))  # (C, V_t)
+
+    def sums_and_grad(self, objective, student_block, teacher_chunk, block, labels, overwrite):
+        return row_sums_and_grad(
+            objective, student_block, teacher_chunk[block], labels, self.shared, overwrite=overwrite
+        )
+
+
+class _SparseTeacher:
+    """The teacher as its cached top-k: `(ids (n, k), log-probs (n, k), tail (n,) or None)` rows, sliced per chunk."""
+
+    def __init__(self, tail_mode: str) -> None:
+        self.tail_mode = tail_mode
+
+    def start(self, rows: int) -> None:
+        return None
+
+    def chunk(self, rows: tuple, start: int, size: int, rows_here: int) -> tuple:
+        return tuple(None if r is None else r[start : start + size] for r in rows)
+
+    def sums_and_grad(self, objective, student_block, teacher_chunk, block, labels, overwrite):
+        ids, logprobs, tail = (None if r is None else r[block] for r in teacher_chunk)
+        return sparse_row_sums_and_grad(objective, student_block, ids, logprobs, tail, labels, self.tail_mode)
+
+
 class _ChunkedObjective(torch.autograd.Function):
     """Forward computes the sums and, chunk by chunk, the gradients; backward only scales the stored gradients."""
 
     @staticmethod
-    def forward(ctx, student_hidden, weight, bias, adapter_weight, teacher_hidden, labels, config):
+    def forward(ctx, student_hidden, weight, bias, adapter_weight, teacher_rows, labels, config):
         # student_hidden (n, H_s [+ r]), weight (V_s, H_s), bias (V_s,) or None, adapter_weight (V_s, r) or None,
-        # teacher_hidden (n, H_t [+ r_t]), labels (n,) or None
-        objective, student_head, teacher_head, shared, chunk_size, want = config
+        # teacher_rows: what `teacher` reads (the teacher's head inputs, or its cached top-k), labels (n,) or None
+        objective, student_head, teacher, chunk_size, want = config
         head = LinearHead(weight, bias, student_head.logit_scale, student_head.softcap, adapter_weight)
         device, n, hidden_size = student_hidden.device, student_hidden.shape[0], weight.shape[1]
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # total, kd, ce, agreement
@@ -108,16 +145,12 @@ class _ChunkedObjective(torch.autograd.Function):
         grad_weight = None  # (V_s, H_s) float32, written by the first chunk's matmul rather than zero-filled first
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if want["bias"] else None
         grad_adapter = torch.zeros_like(adapter_weight, dtype=torch.float32) if want["adapter"] else None
-        student_tile, teacher_tile = head.tile(min(chunk_size, n)), teacher_head.tile(min(chunk_size, n))
+        student_tile = head.tile(min(chunk_size, n))
+        teacher.start(min(chunk_size, n))
         for start in range(0, n, chunk_size):
             hidden = student_hidden[start : start + chunk_size]  # (C, H_s)
             rows_here = hidden.shape[0]
-            teacher_logits = teacher_head.transform(
-                teacher_head.linear(
-                    teacher_hidden[start : start + chunk_size],
-                    None if teacher_tile is None else teacher_tile[:rows_here],
-                )
-            )
+            teacher_chunk = teacher.chunk(teacher_rows, start, chunk_size, rows_here)
             # (C, V_s) float32, this loop's own
             student_logits = head.transform(
                 head.linear(hidden, None if student_tile is None else student_tile[:rows_here])
@@ -129,12 +162,12 @@ class _ChunkedObjective(torch.autograd.Function):
             rows = _rows_in_cache(student_logits.shape[-1])
             for row in range(0, student_logits.shape[0], rows):
                 block = slice(row, row + rows)
-                total, kd, ce, agreement, grad_block = row_sums_and_grad(
+                total, kd, ce, agreement, grad_block = teacher.sums_and_grad(
                     objective,
                     student_logits[block],
-                    teacher_logits[block],
+                    teacher_chunk,
+                    block,
                     None if chunk_labels is None else chunk_labels[block],
-                    shared,
                     # Both tiles are this loop's own; the student's stays intact when soft-capping needs it.
                     overwrite=head.softcap is None,
                 )
@@ -143,7 +176,7 @@ class _ChunkedObjective(torch.autograd.Function):
                 if any(want.values()):
                     student_logits[block] = head.transform_grad(student_logits[block], grad_block)
                 del grad_block
-            del teacher_logits
+            del teacher_chunk
             if not any(want.values()):
                 continue
             grad_out = student_logits  # (C, V_s): d total / d (h @ W.T + b)
@@ -227,10 +260,20 @@ def chunked_objective_sums(
         student_hidden, teacher_hidden, labels, attention_mask, shift_labels
     )
     shared = check_vocab(student_head.weight.shape[0], teacher_head.weight.shape[0], vocab_size)
-    if chunk_size < 1:
-        raise ValueError(f"kd_chunk_size={chunk_size} must be >= 1 here (0 selects the logits path upstream).")
+    return _apply(
+        objective,
+        student_rows,
+        student_head,
+        _DenseTeacher(teacher_head, shared),
+        teacher_rows.detach(),
+        targets,
+        chunk_size,
+    )
+
+
+def _wanted(student_rows: torch.Tensor, student_head: LinearHead) -> dict[str, bool]:
     grad_enabled = torch.is_grad_enabled()
-    want = {
+    return {
         "hidden": grad_enabled and student_rows.requires_grad,
         "weight": grad_enabled and student_head.weight.requires_grad,
         "bias": grad_enabled and student_head.bias is not None and student_head.bias.requires_grad,
@@ -238,13 +281,18 @@ def chunked_objective_sums(
         and student_head.adapter_weight is not None
         and student_head.adapter_weight.requires_grad,
     }
-    config = (objective, student_head, teacher_head, shared, chunk_size, want)
+
+
+def _apply(objective, student_rows, student_head, teacher, teacher_rows, targets, chunk_size) -> ObjectiveSums:
+    if chunk_size < 1:
+        raise ValueError(f"kd_chunk_size={chunk_size} must be >= 1 here (0 selects the logits path upstream).")
+    config = (objective, student_head, teacher, chunk_size, _wanted(student_rows, student_head))
     sums = _ChunkedObjective.apply(
         student_rows,
         student_head.weight,
         student_head.bias,
         student_head.adapter_weight,
-        teacher_rows.detach(),
+        teacher_rows,
         targets.labels,
         config,
     )
@@ -256,3 +304,38 @@ def chunked_objective_sums(
         num_targets=targets.index.new_tensor(targets.index.numel()),
         agreement=agreement,
     )
+
+
+def chunked_sparse_objective_sums(
+    objective: KDObjective,
+    student_hidden: torch.Tensor,
+    student_head: LinearHead,
+    topk_ids: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    teacher_tail: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    shift_labels: bool,
+    chunk_size: int,
+    require_labels: bool = True,
+    tail: str = "bucket",
+) -> ObjectiveSums:
+    """`sparse.sparse_objective_sums` from the student's final hidden states: a cached teacher, and the student's
+    logits only one `(chunk_size, V)` tile at a time.
+
+    Args:
+        student_hidden (`torch.Tensor` of shape `(B, T, H [+ r])`), student_head (`LinearHead`): as in
+            `chunked_objective_sums`.
+        topk_ids, teacher_topk_logprobs (`(B, T, k)`), teacher_tail (`(B, T)`, *optional*), tail: as in
+            `sparse.sparse_objective_sums`.
+    """
+    check_labels(objective, labels, require_labels)
+    student_rows, ids, logprobs, tail_rows, targets = gather_sparse_rows(
+        student_hidden, topk_ids, teacher_topk_logprobs, teacher_tail, labels, attention_mask, shift_labels
+    )
+    if ids.numel() and int(ids.max()) >= student_head.weight.shape[0]:
+        raise ValueError(
+            f"topk_ids go up to {int(ids.max())}, beyond the student's vocabulary of {student_head.weight.shape[0]}."
+        )
+    teacher_rows = (ids.long(), logprobs.float(), None if tail_rows is None else tail_rows.float())
+    return _apply(objective, student_rows, student_head, _SparseTeacher(tail), teacher_rows, targets, chunk_size)

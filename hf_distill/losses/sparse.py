@@ -17,9 +17,16 @@ import torch.nn.functional as F
 
 from .composite import KDObjective, ObjectiveSums, _check_class_labels, check_labels
 from .divergences import per_token_divergence
-from .reduction import align_for_prediction, select_targets
+from .reduction import Targets, align_for_prediction, select_targets
 
-__all__ = ["TAIL_MODES", "sparse_log_probs", "sparse_objective_sums", "sparse_row_sums"]
+__all__ = [
+    "TAIL_MODES",
+    "gather_sparse_rows",
+    "sparse_log_probs",
+    "sparse_objective_sums",
+    "sparse_row_sums",
+    "sparse_row_sums_and_grad",
+]
 
 TAIL_MODES = ("bucket", "renormalize")
 
@@ -124,8 +131,9 @@ def sparse_log_probs(
 
     Returns:
         `(student, teacher)`: float32 log-probabilities of shape `(n, k + 1)` (`bucket`) or `(n, k)`
-        (`renormalize`), each row normalised, clamped at the most negative float32 (so zero probabilities never
-        produce NaN, forwards or backwards). Only `student` carries gradients.
+        (`renormalize`), each row normalised, clamped at the most negative float32 like `divergences._log_probs`
+        (so `0·log 0` is 0, not NaN). Only `student` carries gradients. To feed them to `per_token_divergence`,
+        pass zero probabilities as `-inf` (`sparse_row_sums` does), or their gradients can overflow into NaN.
     """
     _check_sparse_inputs(student_logits, topk_ids, teacher_topk_logprobs, teacher_tail, temperature, tail)
     ids = topk_ids.long()
@@ -226,6 +234,71 @@ def sparse_row_sums(
     return total, kd.detach(), ce, agreement
 
 
+def gather_sparse_rows(
+    student: torch.Tensor,
+    topk_ids: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    teacher_tail: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    shift_labels: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, Targets]:
+    """The student's per-position tensor (logits, or hidden states for the chunked path) and the cached teacher, at
+    the positions that count: `(student_rows (n, D), ids (n, k), log-probs (n, k), tail (n,) or None, targets)`."""
+    aligned = align_for_prediction(student, shift_labels)
+    ids = align_for_prediction(topk_ids, shift_labels)
+    logprobs = align_for_prediction(teacher_topk_logprobs, shift_labels)
+    if aligned.shape[:-1] != ids.shape[:-1] or logprobs.shape != ids.shape:
+        raise ValueError(
+            f"student {tuple(student.shape)} and teacher top-k ids {tuple(topk_ids.shape)} / "
+            f"log-probs {tuple(teacher_topk_logprobs.shape)} cover different positions; the cache must be written "
+            "from the same inputs as this batch."
+        )
+    tail_rows = None
+    if teacher_tail is not None:
+        tail_rows = align_for_prediction(teacher_tail, shift_labels)
+        if tail_rows.shape != ids.shape[:-1]:
+            raise ValueError(
+                f"teacher_tail {tuple(teacher_tail.shape)} must have one value per position of topk_ids "
+                f"{tuple(topk_ids.shape)}."
+            )
+        tail_rows = tail_rows.reshape(-1)
+    targets = select_targets(aligned.shape[:-1], labels, attention_mask, shift_labels)
+    student_rows = aligned.reshape(-1, aligned.shape[-1])
+    id_rows = ids.reshape(-1, ids.shape[-1])
+    logprob_rows = logprobs.reshape(-1, logprobs.shape[-1])
+    if targets.index.numel() != student_rows.shape[0]:  # otherwise every position counts: no copy of the rows
+        # Selecting first also keeps the padding of positions that do not count out of the input checks.
+        student_rows = student_rows.index_select(0, targets.index)
+        id_rows = id_rows.index_select(0, targets.index)
+        logprob_rows = logprob_rows.index_select(0, targets.index)
+        tail_rows = tail_rows.index_select(0, targets.index) if tail_rows is not None else None
+    return student_rows, id_rows, logprob_rows, tail_rows, targets
+
+
+def sparse_row_sums_and_grad(
+    objective: KDObjective,
+    student_rows: torch.Tensor,
+    topk_ids: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    teacher_tail: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    tail: str = "bucket",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """`sparse_row_sums` and the gradient of `total` wrt the student's rows `(n, V)` float32, for the chunked path.
+
+    The gradient comes from autograd on these rows alone: a block of a chunk is small, and the projection onto the
+    top-k support has no closed form worth maintaining beside the dense one.
+    """
+    with torch.enable_grad():
+        rows = student_rows.detach().float().requires_grad_()
+        total, kd, ce, agreement = sparse_row_sums(
+            objective, rows, topk_ids, teacher_topk_logprobs, teacher_tail, labels, tail
+        )
+        (grad,) = torch.autograd.grad(total, rows)
+    return total.detach(), kd, ce, agreement, grad
+
+
 def sparse_objective_sums(
     objective: KDObjective,
     student_logits: torch.Tensor,
@@ -259,34 +332,9 @@ def sparse_objective_sums(
         `ObjectiveSums`.
     """
     check_labels(objective, labels, require_labels)
-    student = align_for_prediction(student_logits, shift_labels)
-    ids = align_for_prediction(topk_ids, shift_labels)
-    logprobs = align_for_prediction(teacher_topk_logprobs, shift_labels)
-    if student.shape[:-1] != ids.shape[:-1] or logprobs.shape != ids.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher top-k ids {tuple(topk_ids.shape)} / "
-            f"log-probs {tuple(teacher_topk_logprobs.shape)} cover different positions; the cache must be written "
-            "from the same inputs as this batch."
-        )
-    tail_rows = None
-    if teacher_tail is not None:
-        tail_rows = align_for_prediction(teacher_tail, shift_labels)
-        if tail_rows.shape != ids.shape[:-1]:
-            raise ValueError(
-                f"teacher_tail {tuple(teacher_tail.shape)} must have one value per position of topk_ids "
-                f"{tuple(topk_ids.shape)}."
-            )
-        tail_rows = tail_rows.reshape(-1)
-    targets = select_targets(student.shape[:-1], labels, attention_mask, shift_labels)
-    student_rows = student.reshape(-1, student.shape[-1])
-    id_rows = ids.reshape(-1, ids.shape[-1])
-    logprob_rows = logprobs.reshape(-1, logprobs.shape[-1])
-    if targets.index.numel() != student_rows.shape[0]:  # otherwise every position counts: no copy of the rows
-        # Selecting first also keeps the padding of positions that do not count out of the input checks.
-        student_rows = student_rows.index_select(0, targets.index)
-        id_rows = id_rows.index_select(0, targets.index)
-        logprob_rows = logprob_rows.index_select(0, targets.index)
-        tail_rows = tail_rows.index_select(0, targets.index) if tail_rows is not None else None
+    student_rows, id_rows, logprob_rows, tail_rows, targets = gather_sparse_rows(
+        student_logits, topk_ids, teacher_topk_logprobs, teacher_tail, labels, attention_mask, shift_labels
+    )
     total, kd, ce, agreement = sparse_row_sums(
         objective, student_rows, id_rows, logprob_rows, tail_rows, targets.labels, tail
     )
