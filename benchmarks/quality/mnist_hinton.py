@@ -77,7 +77,10 @@ class Digits(torch.utils.data.Dataset):
 
 
 def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
-    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]), "labels": torch.stack([r["labels"] for r in rows])}
+    return {
+        "pixel_values": torch.stack([r["pixel_values"] for r in rows]),
+        "labels": torch.stack([r["labels"] for r in rows]),
+    }
 
 
 def jittered(rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -126,17 +129,38 @@ def run_seed(seed: int, epochs: int, temperatures: list[float], data=None) -> di
     with tempfile.TemporaryDirectory() as out:
         torch.manual_seed(seed)
         teacher = MLP(1200, input_dropout=0.2, dropout=0.5)
-        Trainer(model=teacher, args=_args(TrainingArguments, out, seed, epochs), train_dataset=train_set, data_collator=jittered).train()
+        Trainer(
+            model=teacher,
+            args=_args(TrainingArguments, out, seed, epochs),
+            train_dataset=train_set,
+            data_collator=jittered,
+        ).train()
         result["teacher"] = errors(teacher, images[test], labels[test])
         torch.manual_seed(seed)
         hard = MLP(800)
-        Trainer(model=hard, args=_args(TrainingArguments, out, seed, epochs), train_dataset=train_set, data_collator=collate).train()
+        Trainer(
+            model=hard,
+            args=_args(TrainingArguments, out, seed, epochs),
+            train_dataset=train_set,
+            data_collator=collate,
+        ).train()
         result["hard"] = errors(hard, images[test], labels[test])
         for temperature in temperatures:
             torch.manual_seed(seed)  # the same initial student as the hard-label run
             student = MLP(800)
-            args = _args(DistillationConfig, out, seed, epochs, kd_temperature=temperature, kd_weight=0.9, ce_weight=0.1, preflight="off")
-            DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train_set, data_collator=collate).train()
+            args = _args(
+                DistillationConfig,
+                out,
+                seed,
+                epochs,
+                kd_temperature=temperature,
+                kd_weight=0.9,
+                ce_weight=0.1,
+                preflight="off",
+            )
+            DistillationTrainer(
+                model=student, teacher_model=teacher, args=args, train_dataset=train_set, data_collator=collate
+            ).train()
             result[f"distilled_T{temperature:g}"] = errors(student, images[test], labels[test])
     return result
 
@@ -166,17 +190,25 @@ def main() -> None:
     print(f"MNIST-5k (4,000 train / 1,000 test), {args.epochs} epochs, seeds {args.seeds}: test errors per 1,000\n")
     print("| model | errors / 1,000 (mean ± std) | paper, errors / 10,000 (full MNIST) |")
     print("|---|---|---|")
-    print(f"| teacher 784-1200-1200, dropout + jitter | {_mean_std([r['teacher'] for r in rows])} | {PAPER['teacher']} |")
+    print(
+        f"| teacher 784-1200-1200, dropout + jitter | {_mean_std([r['teacher'] for r in rows])} | {PAPER['teacher']} |"
+    )
     print(f"| student 784-800-800, hard labels | {_mean_std([r['hard'] for r in rows])} | {PAPER['hard']} |")
-    print(f"| student 784-800-800, distilled T={args.temperature:g} | {_mean_std([r[key] for r in rows])} | {PAPER['distilled']} |")
+    print(
+        f"| student 784-800-800, distilled T={args.temperature:g} | {_mean_std([r[key] for r in rows])} | {PAPER['distilled']} |"
+    )
     wins = sum(r[key] < r["hard"] for r in rows)
     shares = [gap_recovered(r, key) for r in rows]
     paper_share = (PAPER["hard"] - PAPER["distilled"]) / (PAPER["hard"] - PAPER["teacher"])
-    print(f"\nDistilled beats hard labels in {wins}/{len(rows)} seeds; share of the teacher–student gap recovered "
-          f"{100 * statistics.mean(shares):.0f}% (per seed: {', '.join(f'{100 * s:.0f}%' for s in shares)}; paper {100 * paper_share:.0f}%).")
+    print(
+        f"\nDistilled beats hard labels in {wins}/{len(rows)} seeds; share of the teacher–student gap recovered "
+        f"{100 * statistics.mean(shares):.0f}% (per seed: {', '.join(f'{100 * s:.0f}%' for s in shares)}; paper {100 * paper_share:.0f}%)."
+    )
     if not args.no_sweep:
         sweep = run_seed(args.seeds[0], args.epochs, args.sweep, data)
-        print(f"\nTemperature sweep, seed {args.seeds[0]} (teacher {sweep['teacher']}, hard labels {sweep['hard']} errors):")
+        print(
+            f"\nTemperature sweep, seed {args.seeds[0]} (teacher {sweep['teacher']}, hard labels {sweep['hard']} errors):"
+        )
         print("| T | errors / 1,000 | gap recovered |\n|---|---|---|")
         for t in args.sweep:
             print(f"| {t:g} | {sweep[f'distilled_T{t:g}']} | {100 * gap_recovered(sweep, f'distilled_T{t:g}'):.0f}% |")
