@@ -180,14 +180,15 @@ def _student_init(student: nn.Module, teacher: nn.Module) -> dict[str, Any]:
     return {"kind": "pretrained", **{k: v for k, v in source.items() if k != "license"}}
 
 
-def dataset_records(*datasets: Any) -> list[dict[str, Any]]:
-    """`{id, revision, split, fingerprint}` of each `datasets.Dataset` given (others are skipped), deduplicated.
+def dataset_records(**datasets: Any) -> list[dict[str, Any]]:
+    """`{id, used_for, revision, split, fingerprint}` of each `datasets.Dataset` given by role (e.g.
+    `training=train_dataset, evaluation=eval_dataset`; anything else is skipped).
 
     The id is `info.dataset_name`; the revision is the commit in the Hub URLs the dataset was downloaded from, when
     it was; a packaged text (`packaged:hamlet`) is recorded with its package version.
     """
     records = []
-    for dataset in datasets:
+    for role, dataset in datasets.items():
         info = getattr(dataset, "info", None)
         if info is None or not hasattr(dataset, "_fingerprint"):
             continue
@@ -197,6 +198,7 @@ def dataset_records(*datasets: Any) -> list[dict[str, Any]]:
         }
         record = {
             "id": name,
+            "used_for": role,
             "config": info.config_name,
             "revision": revisions.pop() if len(revisions) == 1 else None,
             "split": None if dataset.split is None else str(dataset.split),
@@ -204,8 +206,7 @@ def dataset_records(*datasets: Any) -> list[dict[str, Any]]:
         }
         if name and assets.is_packaged(name):
             record["package"] = assets.packaged_text_package(name)
-        if record not in records:
-            records.append(record)
+        records.append(record)
     return records
 
 

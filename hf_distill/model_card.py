@@ -106,6 +106,7 @@ def _data_text(lineage: Lineage) -> str:
     for d in lineage.datasets:
         name = d.get("id") or "an unnamed dataset"
         detail = [
+            d.get("used_for"),
             f"split {d['split']}" if d.get("split") else None,
             f"revision `{d['revision']}`" if d.get("revision") else None,
         ]

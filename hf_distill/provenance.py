@@ -90,6 +90,7 @@ def source_of(name_or_path: str, revision: str | None = None) -> dict[str, Any]:
     if assets.is_packaged(name_or_path):
         info = assets.packaged_model_info(name_or_path)
         folder = assets.packaged_model_dir(name_or_path)
+        loaded = assets.resolve_packaged_model(name_or_path)  # the checkpoint actually loaded (fp32 for SmolLM2)
         return {
             "name": f"{assets.PACKAGED_PREFIX}{assets.strip_prefix(name_or_path).lower()}",
             "source": "packaged",
@@ -97,7 +98,7 @@ def source_of(name_or_path: str, revision: str | None = None) -> dict[str, Any]:
             "upstream": info["upstream"],
             "note": info["note"],
             "weights_sha256": weights_sha256(folder),
-            "weights_bytes": weights_bytes(folder),
+            "weights_bytes": weights_bytes(loaded),
             "license": {"id": info["license"]},
         }
     if is_local(name_or_path):

@@ -58,9 +58,7 @@ class PublishingMixin:
         if self.args.should_save:
             folder = output_dir if output_dir is not None else self.args.output_dir
             record = self.lineage()
-            if record.evaluation is not None:
-                sizes = {**record.evaluation["size_on_disk"], "student": weights_bytes(folder)}
-                record.evaluation = {**record.evaluation, "size_on_disk": sizes}
+            record.evaluation = self._evaluation_with_size(folder)
             record.save(folder)
 
     def lineage(self) -> Lineage:
@@ -71,9 +69,16 @@ class PublishingMixin:
             self.teacher_model,
             self.kd_objective,
             chunk_size=self.kd_chunk_size,
-            datasets=dataset_records(self.train_dataset, self.eval_dataset),
-            evaluation=self._comparison,
+            datasets=dataset_records(training=self.train_dataset, evaluation=self.eval_dataset),
+            evaluation=self._evaluation_with_size(self.args.output_dir),
         )
+
+    def _evaluation_with_size(self, folder: str) -> dict[str, Any] | None:
+        """The comparison, with the student's weights on disk as saved in `folder` (unknown before a save)."""
+        if self._comparison is None:
+            return None
+        sizes = {**self._comparison["size_on_disk"], "student": weights_bytes(folder)}
+        return {**self._comparison, "size_on_disk": sizes}
 
     # ---- teacher vs student ----
 

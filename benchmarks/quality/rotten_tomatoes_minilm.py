@@ -61,7 +61,7 @@ def load_reviews() -> tuple[list[str], list[int]]:
 def _args(cls, out: str, seed: int, epochs: int, **extra):
     return cls(
         output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=32, per_device_eval_batch_size=128,
-        learning_rate=extra.pop("learning_rate", 5e-5), warmup_ratio=0.1, weight_decay=0.01, save_strategy="no",
+        learning_rate=extra.pop("learning_rate", 5e-5), warmup_steps=0.1, weight_decay=0.01, save_strategy="no",
         logging_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, seed=seed, data_seed=seed, **extra,
     )  # fmt: skip
 
