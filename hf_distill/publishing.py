@@ -113,16 +113,16 @@ class PublishingMixin:
             name: distillation_setting(self.args, name)
             for name in ("acknowledge_teacher_license", "override_name_prefix")
         }
-        try:
-            return PushOptions(
-                **{**defaults, **kwargs, "datasets": datasets or None, "tags": _as_list(kwargs.get("tags")) or None}
-            )
-        except TypeError:
-            known = ", ".join(f.name for f in PushOptions.__dataclass_fields__.values())
+        known = list(PushOptions.__dataclass_fields__)
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
             raise TypeError(
-                f"push_to_hub() got unknown arguments {sorted(kwargs)}; it takes commit_message, blocking, token, "
-                f"revision, private and the card arguments {known} (plus Trainer's dataset, dataset_tags)."
-            ) from None
+                f"push_to_hub() got unknown arguments {unknown}; it takes commit_message, blocking, token, revision, "
+                f"private and the card arguments {', '.join(known)} (plus Trainer's dataset, dataset_tags)."
+            )
+        return PushOptions(
+            **{**defaults, **kwargs, "datasets": datasets or None, "tags": _as_list(kwargs.get("tags")) or None}
+        )
 
     def _local_paths(self) -> list[str]:
         teacher = self.teacher_model
