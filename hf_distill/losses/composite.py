@@ -145,18 +145,26 @@ def row_sums(
         ).sum()
         * objective.kd_scale
     )
-    total = objective.kd_weight * kd
-    ce = None
-    if labels is not None:
-        _check_class_labels(labels)
-        # With ce_weight = 0 the CE is only logged: keep it out of the autograd graph.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and objective.ce_weight > 0):
-            ce = F.cross_entropy(student_rows.float(), labels, reduction="sum")
-        if objective.ce_weight:
-            total = total + objective.ce_weight * ce
-        ce = ce.detach()
+    total, ce = with_ce_term(objective, kd, student_rows, labels)
     agreement = top1_agreement(student_kd.detach(), teacher_kd)
     return total, kd.detach(), ce, agreement
+
+
+def with_ce_term(
+    objective: KDObjective, kd: torch.Tensor, student_rows: torch.Tensor, labels: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(kd_weight · kd + ce_weight · CE, CE detached)` for rows `(n, V)` and their labels `(n,)`; CE is `None`
+    without labels. The one place where the KD and CE terms are combined, for dense and sparse teachers alike."""
+    total = objective.kd_weight * kd
+    if labels is None:
+        return total, None
+    _check_class_labels(labels)
+    # With ce_weight = 0 the CE is only logged: keep it out of the autograd graph.
+    with torch.set_grad_enabled(torch.is_grad_enabled() and objective.ce_weight > 0):
+        ce = F.cross_entropy(student_rows.float(), labels, reduction="sum")
+    if objective.ce_weight:
+        total = total + objective.ce_weight * ce
+    return total, ce.detach()
 
 
 def top1_agreement(student_rows: torch.Tensor, teacher_rows: torch.Tensor) -> torch.Tensor:

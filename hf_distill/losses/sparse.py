@@ -13,9 +13,8 @@ divergences of `divergences.py` are applied to the projections:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .composite import KDObjective, ObjectiveSums, _check_class_labels, check_labels
+from .composite import KDObjective, ObjectiveSums, check_labels, with_ce_term
 from .divergences import per_token_divergence
 from .reduction import Targets, align_for_prediction, select_targets
 
@@ -218,16 +217,7 @@ def sparse_row_sums(
         ).sum()
         * objective.kd_scale
     )
-    total = objective.kd_weight * kd
-    ce = None
-    if labels is not None:
-        _check_class_labels(labels)
-        # With ce_weight = 0 the CE is only logged: keep it out of the autograd graph.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and objective.ce_weight > 0):
-            ce = F.cross_entropy(student_rows.float(), labels, reduction="sum")
-        if objective.ce_weight:
-            total = total + objective.ce_weight * ce
-        ce = ce.detach()
+    total, ce = with_ce_term(objective, kd, student_rows, labels)
     student = student_rows.detach()
     # Ties count as agreement, as in `composite.top1_agreement`.
     agreement = (student.gather(1, topk_ids[:, :1].long()) >= student.amax(-1, keepdim=True)).sum()
