@@ -25,6 +25,10 @@ _BOOKKEEPING = (
 )
 
 
+# Metric names containing these are better when lower.
+_LOWER_IS_BETTER = ("loss", "error", "perplexity")
+
+
 @contextlib.contextmanager
 def teacher_as_model(trainer: Any) -> Iterator[None]:
     """Within the block, `trainer.model` is the teacher, so `evaluate` scores the teacher exactly as it scores the
@@ -65,7 +69,7 @@ def _task_metric(student: dict[str, float], prefix: str, args: Any) -> tuple[str
         if k.startswith(f"{prefix}_") and k[len(prefix) + 1 :] not in _BOOKKEEPING
     ]
     if own:
-        return own[0], "loss" not in own[0] and "error" not in own[0]
+        return own[0], not any(word in own[0] for word in _LOWER_IS_BETTER)
     return None
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -32,6 +30,7 @@ from .provenance import record_source, source_of
 from .recipe import Recipe
 from .report import ModelRow, format_table, parameter_count, size_on_disk
 from .student_init import student_from_teacher_layers
+from .task_metrics import accuracy_metrics, label_log_probs, perplexity_metrics
 from .teacher_cache import CACHE_COLUMNS, CACHE_INFO_FILE, cache_rows, load_teacher_cache
 from .trainer import DistillationTrainer
 
@@ -44,15 +43,19 @@ def _local_path(name: str) -> str:
     return assets.resolve_packaged_model(name) if assets.is_packaged(name) else name
 
 
-def _accuracy(prediction: Any) -> dict[str, float]:
-    return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
+def metric_arguments(recipe: Recipe) -> dict[str, Any]:
+    """The trainer arguments that score a model on the recipe's task with `evaluate` modules: accuracy for
+    classification, perplexity (from the label tokens' log-probs) for causal LM."""
+    if recipe.task == "sequence_classification":
+        return {"compute_metrics": accuracy_metrics}
+    return {"compute_metrics": perplexity_metrics, "preprocess_logits_for_metrics": label_log_probs}
 
 
 def evaluate_task_metric(
     model: Any, recipe: Recipe, eval_dataset: Any, collator: Any, args: TrainingArguments
 ) -> float:
-    """The task metric of any model on the eval set, by one code path for teacher and student alike: perplexity
-    (exp of the model's own mean token cross-entropy) for causal LM, accuracy for classification."""
+    """The task metric of any model on the eval set, by one code path for teacher and student alike (a plain
+    `Trainer.evaluate` with `metric_arguments`)."""
     with tempfile.TemporaryDirectory() as scratch:
         eval_args = TrainingArguments(
             output_dir=scratch,
@@ -61,16 +64,11 @@ def evaluate_task_metric(
             report_to=[],
             disable_tqdm=args.disable_tqdm,
         )
-        classification = recipe.task == "sequence_classification"
         trainer = Trainer(
-            model=model,
-            args=eval_args,
-            eval_dataset=eval_dataset,
-            data_collator=collator,
-            compute_metrics=_accuracy if classification else None,
+            model=model, args=eval_args, eval_dataset=eval_dataset, data_collator=collator, **metric_arguments(recipe)
         )
         metrics = trainer.evaluate()
-    return metrics["eval_accuracy"] if classification else math.exp(metrics["eval_loss"])
+    return metrics["eval_accuracy" if recipe.task == "sequence_classification" else "eval_perplexity"]
 
 
 @dataclass
@@ -170,7 +168,7 @@ def build_trainer(recipe: Recipe, loaded: Loaded) -> DistillationTrainer:
         processing_class=loaded.tokenizer,
         teacher_processing_class=loaded.tokenizer,
         peft_config=recipe.peft_config(),
-        compute_metrics=_accuracy if recipe.task == "sequence_classification" else None,
+        **metric_arguments(recipe),
     )
 
 

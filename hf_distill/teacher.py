@@ -352,4 +352,4 @@ def describe_teacher(teacher: nn.Module) -> str:
     name = _short_name(getattr(unwrap_peft(teacher), "config", None)) or type(teacher).__name__
     if is_peft_model(teacher):
         name += " with a PEFT adapter"
-    return f"{name} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M parameters)"
+    return f"{name} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M parameters)"

@@ -24,6 +24,7 @@ from .metrics import DistillationMetrics
 from .placement import Placement, student_strategy
 from .plan import MemoryPlan, plan_run, refusal_message
 from .publishing import PublishingMixin
+from .task_metrics import outputs_for_metrics
 from .tasks import is_encoder_decoder, is_token_level, shifts_labels, unwrap_peft
 from .teacher import accepted_arguments, decoder_inputs, describe_teacher, model_logits, run_teacher, select_arguments
 from .teacher_cache import CACHE_COLUMNS, CacheCollator, CachedTeacher, TeacherCache, cache_rows, load_teacher_cache
@@ -331,8 +332,7 @@ class DistillationTrainer(PublishingMixin, Trainer):
         loss = loss.detach()
         if prediction_loss_only:
             return loss, None, None
-        logits = nested_detach(tuple(v for k, v in outputs.items() if k not in [*ignore_keys, "loss"]))
-        logits = logits[0] if len(logits) == 1 else logits
+        logits = nested_detach(outputs_for_metrics(outputs, ignore_keys))
         return loss, logits, None if labels is None else labels.detach()
 
     def evaluation_loop(

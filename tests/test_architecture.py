@@ -14,7 +14,7 @@ MODULES = sorted(glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True))
 
 # Lower layers never import higher ones.
 LAYERS = [
-    {"losses", "logs", "tasks", "assets", "placement", "provenance", "licenses", "teacher_cache"},
+    {"losses", "logs", "tasks", "assets", "placement", "provenance", "licenses", "teacher_cache", "task_metrics"},
     {"config", "metrics", "student_init", "recipe", "report", "adapters"},
     {"teacher", "data", "lm_head"},
     {"lineage", "teacher_setup", "plan", "comparison", "cache_writer", "cached_loss"},

@@ -215,7 +215,7 @@ def test_objective_is_logged_once_in_one_line_at_train_start(tmp_path):
         logging.getLogger("hf_distill").removeHandler(collect)
     lines = [message for message in collect.messages if "loss = " in message]
     assert lines == [
-        "distilling LlamaForCausalLM (0.1M parameters) into LlamaForCausalLM (0.02M parameters, 0.02M trainable); "
+        "distilling LlamaForCausalLM (0.09M parameters) into LlamaForCausalLM (0.02M parameters, 0.02M trainable); "
         "loss = 0.7·[4 (T²) · jsd at T=2, beta=0.25] + 0.5·CE(labels), averaged over valid tokens of each "
         "optimizer step"
     ]

