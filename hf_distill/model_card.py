@@ -58,6 +58,8 @@ def _model_link(record: dict[str, Any]) -> str:
 
 
 def _revision_text(record: dict[str, Any]) -> str:
+    if record.get("modified_after_loading"):
+        return "not pinned: its weights were changed in memory after it was loaded from this checkpoint"
     if record.get("source") == "hub":
         revision = record.get("revision")
         return f"`{revision}`" if is_commit_sha(revision) else "unresolved (the commit could not be determined)"

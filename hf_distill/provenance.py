@@ -15,9 +15,11 @@ import warnings
 from importlib import metadata
 from typing import Any
 
-from huggingface_hub import HfApi
+import torch
+from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, RevisionResolutionError
 from huggingface_hub.repocard import metadata_load
+from safetensors import safe_open
 from torch import nn
 
 from . import assets
@@ -160,6 +162,74 @@ def model_source(model: nn.Module) -> dict[str, Any]:
     name = getattr(getattr(model, "config", None), "_name_or_path", None)
     source = source_of(name) if name else {"name": None, "source": "unknown"}
     record_source(model, source, name if name and is_local(name) else None)
+    return dict(source)
+
+
+def _checkpoint_folder(model: nn.Module, source: dict[str, Any]) -> str | None:
+    """The folder holding the weights `source` names, when they are on this machine (Hub ids: the local cache)."""
+    if source.get("source") == "local":
+        folder = local_folder(model) or getattr(getattr(model, "config", None), "_name_or_path", None)
+        return folder if folder and os.path.isdir(folder) else None
+    if source.get("source") == "packaged":
+        return assets.resolve_packaged_model(source["name"])
+    if source.get("source") == "hub" and is_commit_sha(source.get("revision")):
+        try:
+            return snapshot_download(source["name"], revision=source["revision"], local_files_only=True)
+        except Exception:  # not in the cache (or not fully): nothing to compare with
+            return None
+    return None
+
+
+def weights_match_checkpoint(model: nn.Module, folder: str, budget_bytes: int = 256 << 20) -> bool | None:
+    """Whether `model`'s weights equal those in `folder`'s safetensors files, compared exactly (after casting the
+    file's tensor to the model's dtype) for every tensor both hold with the same shape, smallest first, until
+    `budget_bytes` have been read: all of a model up to that size; norms, biases and heads of a larger one (where any
+    full fine-tune shows). `None` when no tensor could be compared (other formats, renamed keys, sharded or
+    quantized parameters)."""
+    state = {k: v for k, v in model.state_dict().items() if type(v) is torch.Tensor and not v.is_meta}
+    compared = 0
+    for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
+        with safe_open(path, framework="pt") as checkpoint:
+            names = [k for k in checkpoint.keys() if k in state]
+            for name in sorted(names, key=lambda k: state[k].numel()):
+                mine = state[name]
+                if compared + mine.numel() * mine.element_size() > budget_bytes:
+                    break
+                saved = checkpoint.get_tensor(name)
+                if saved.shape != mine.shape or not saved.is_floating_point():
+                    continue
+                if not torch.equal(saved.to(mine.dtype), mine.detach().cpu()):
+                    return False
+                compared += mine.numel() * mine.element_size()
+    return True if compared else None
+
+
+def mark_if_modified(model: nn.Module, source: dict[str, Any]) -> dict[str, Any]:
+    """`source`, unless `model`'s weights no longer equal the checkpoint it names (a teacher fine-tuned in memory
+    after loading): then the pins (commit, weights hash) are dropped, `modified_after_loading` is set and a warning
+    says how to pin it. A record that cannot be checked is returned as it is."""
+    folder = _checkpoint_folder(model, source)
+    if folder is None or weights_match_checkpoint(model, folder) is not False:
+        return source
+    warnings.warn(
+        f"The weights of {source.get('name')!r} in memory differ from the checkpoint it was loaded from (trained or "
+        f"edited after loading?); its lineage does not pin it to that checkpoint. Save it (`save_pretrained`) and load "
+        f"it from that folder, or push it and pass its Hub id, to pin what the student learned from.",
+        stacklevel=2,
+    )
+    unpinned = {**source, "modified_after_loading": True, "weights_sha256": None}
+    if unpinned.get("source") == "hub":
+        unpinned["revision"] = UNRESOLVED
+    return unpinned
+
+
+def checked_model_source(model: nn.Module) -> dict[str, Any]:
+    """`model_source(model)`; the first time, when no loader recorded it, verified against the checkpoint it names
+    (`mark_if_modified`): call it on a model as it was handed over, before any cast."""
+    if getattr(model, SOURCE_ATTRIBUTE, None) is not None:
+        return model_source(model)
+    source = mark_if_modified(model, model_source(model))
+    record_source(model, source)
     return dict(source)
 
 

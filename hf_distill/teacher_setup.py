@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import SHARED_BASE_TEACHER
+from .adapters import SHARED_BASE_TEACHER, is_peft_model
 from .config import distillation_setting
 from .placement import Placement, resolve_placement, teacher_device
-from .provenance import is_commit_sha, model_source, source_of
+from .provenance import checked_model_source, is_commit_sha, model_source, source_of
 from .teacher import (
     SharedBaseTeacher,
     cast_teacher,
@@ -107,6 +107,8 @@ def setup_teacher(
         raise TypeError(f"teacher_model must be an nn.Module or a name/path, got {type(teacher).__name__}.")
     if teacher is student:
         raise ValueError("teacher_model is the student itself; pass a separate (frozen) teacher model.")
+    if not isinstance(teacher, SharedBaseTeacher) and not is_peft_model(teacher):
+        checked_model_source(teacher)  # as handed over, before the cast: still the checkpoint its config names?
     shared_vocab = shared_vocab_size(student, teacher, student_tokenizer, teacher_tokenizer)
     placement = resolve_placement(distillation_setting(args, "teacher_placement"), accelerator)
     teacher = cast_teacher(freeze(teacher), teacher_compute_dtype(args, student))

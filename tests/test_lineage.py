@@ -64,6 +64,32 @@ def test_local_teacher_is_pinned_by_its_weights_hash_and_its_card_license(tmp_pa
     assert str(tmp_path) not in str(record.to_dict())
 
 
+def _model_record(trainer):
+    return trainer.lineage().teacher
+
+
+def test_a_teacher_changed_in_memory_after_loading_is_not_pinned_to_its_checkpoint(tmp_path, teacher_folder):
+    from transformers import AutoModelForCausalLM
+
+    from hf_distill.model_card import _revision_text
+
+    # Loaded as it is, or cast to another dtype: still the checkpoint, pinned by its hash (no false alarm).
+    for dtype in (torch.float32, torch.bfloat16):
+        teacher = AutoModelForCausalLM.from_pretrained(teacher_folder, dtype=dtype)
+        record = _model_record(DistillationTrainer(model=llama(64, 1), teacher_model=teacher, args=_args(tmp_path)))
+        assert record["weights_sha256"] and "modified_after_loading" not in record, dtype
+    # Fine-tuned in memory (here: one norm weight nudged): the record must not claim the checkpoint's hash.
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_folder)
+    with torch.no_grad():
+        teacher.model.norm.weight[0] += 1e-3
+    with pytest.warns(UserWarning, match="'my-teacher' in memory differ from the checkpoint"):
+        trainer = DistillationTrainer(model=llama(64, 1), teacher_model=teacher, args=_args(tmp_path))
+    record = _model_record(trainer)
+    assert record["modified_after_loading"] is True and record["weights_sha256"] is None
+    assert record["name"] == "my-teacher" and record["license"] == {"id": "mit"}  # still derived from it
+    assert "not pinned" in _revision_text(record)
+
+
 def test_unresolvable_hub_revision_is_recorded_as_unresolved_never_invented(tmp_path):
     # Offline (the suite's default) and not in the cache: nothing can say which commit this is.
     with pytest.warns(UserWarning, match="Could not resolve revision 'main' of 'acme/never-downloaded'"):

