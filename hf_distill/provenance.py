@@ -27,6 +27,7 @@ from . import assets
 UNRESOLVED = "unresolved"
 SOURCE_ATTRIBUTE = "_hf_distill_source"
 LOCAL_FOLDER_ATTRIBUTE = "_hf_distill_local_folder"
+CHECKED_ATTRIBUTE = "_hf_distill_checked_against_checkpoint"
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 _NOT_WEIGHTS = ("training_args.bin",)  # the Trainer's pickled arguments
@@ -224,12 +225,13 @@ def mark_if_modified(model: nn.Module, source: dict[str, Any]) -> dict[str, Any]
 
 
 def checked_model_source(model: nn.Module) -> dict[str, Any]:
-    """`model_source(model)`; the first time, when no loader recorded it, verified against the checkpoint it names
-    (`mark_if_modified`): call it on a model as it was handed over, before any cast."""
-    if getattr(model, SOURCE_ATTRIBUTE, None) is not None:
+    """`model_source(model)`, verified against the checkpoint it names the first time (`mark_if_modified`): call it
+    on a model as it is handed over (a teacher to the trainer, a model to cut a student from), before any cast."""
+    if getattr(model, CHECKED_ATTRIBUTE, False):
         return model_source(model)
     source = mark_if_modified(model, model_source(model))
     record_source(model, source)
+    object.__setattr__(model, CHECKED_ATTRIBUTE, True)
     return dict(source)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from torch import nn
 from transformers import PreTrainedModel
 
-from .provenance import model_source, record_source
+from .provenance import checked_model_source, record_source
 
 
 def _layer_stack(model: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:
@@ -54,4 +54,4 @@ def student_from_teacher_layers(teacher: PreTrainedModel, layers: Sequence[int])
         if int(index) in layers:
             state[f"{prefix}{list(layers).index(int(index))}.{rest}"] = value
     student.load_state_dict(state, strict=True)
-    return record_source(student, {"init": "teacher_layers", "layers": list(layers), **model_source(teacher)})
+    return record_source(student, {"init": "teacher_layers", "layers": list(layers), **checked_model_source(teacher)})

@@ -318,6 +318,7 @@ def run_teacher(
     inputs: dict[str, Any],
     labels: torch.Tensor | None = None,
     device: torch.device | None = None,
+    own_outputs: Any = None,
 ) -> TeacherOutput:
     """One frozen teacher forward on the student's batch.
 
@@ -327,7 +328,11 @@ def run_teacher(
         labels (`torch.Tensor`, *optional*): only used to build decoder inputs for encoder-decoder teachers.
         device (`torch.device`, *optional*): the teacher's own device when it is not the student's; its inputs go
             there and its logits come back to the student's device.
+        own_outputs (*optional*): the teacher's outputs on this very batch, when the model being evaluated is the
+            teacher itself (`compare_with_teacher`): used as they are, not computed a second time.
     """
+    if own_outputs is not None:
+        return TeacherOutput(logits=model_logits(own_outputs, "teacher").detach())
     if teacher.training:  # something called .train() on it; dropout in the teacher would make the targets noisy
         teacher.eval()
     teacher_inputs = select_arguments(decoder_inputs(teacher, inputs, labels), accepted_arguments(teacher))

@@ -170,7 +170,7 @@ class DistillationTrainer(PublishingMixin, Trainer):
         elif mask is not None and self._token_level:
             shape = mask[:, 1:].shape if self._shift_labels else mask.shape
         else:
-            shape = (_batch_size(batch),)
+            shape = (next(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0),)
         return count_targets(torch.Size(shape), labels, mask, self._shift_labels)
 
     def _position_attention_mask(self, batch: dict[str, Any]) -> torch.Tensor | None:
@@ -205,7 +205,8 @@ class DistillationTrainer(PublishingMixin, Trainer):
         else:
             outputs = model(**student_inputs)
             with self.accelerator.autocast():
-                teacher_output = run_teacher(self.teacher_model, features, labels, self._teacher_device)
+                scored = outputs if model is self.teacher_model else None  # compare_with_teacher scoring the teacher
+                teacher_output = run_teacher(self.teacher_model, features, labels, self._teacher_device, scored)
             sums = objective_sums(
                 self.kd_objective,
                 model_logits(outputs, "student"),
@@ -391,7 +392,3 @@ class DistillationTrainer(PublishingMixin, Trainer):
                 f"({student:.2f}M parameters, {trainable:.2f}M trainable); {self.kd_objective.describe()}"
             )
         return super().train(*args, **kwargs)
-
-
-def _batch_size(batch: dict[str, Any]) -> int:
-    return next(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0)

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import yaml
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -43,3 +45,22 @@ def test_bench_offline_runs_and_the_cache_is_smaller_than_dense_logits():
     ratios = [float(line.split("|")[4]) for line in out.splitlines() if line.startswith("| 8 |")]
     assert len(ratios) == 3 and all(r < 1 for r in ratios)  # float32, float16, uint8 rows
     assert "| cache_k8 |" in out and "| online |" in out
+
+
+def test_rotten_tomatoes_quality_benchmark_runs_and_its_student_card_carries_the_comparison(tmp_path):
+    out = _run(
+        "quality/rotten_tomatoes_minilm.py", "--seeds", "0", "--labelled", "32", "--transfer", "32", "--test", "64",
+        "--epochs", "1", "--card-dir", str(tmp_path),
+    )  # fmt: skip
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines() if "| student" in line}
+    assert set(rows) == {f"student: layers {{0, 5}}, {k}" for k in ("hard labels", "teacher argmax", "distilled")}
+    assert all(0 <= float(value) <= 100 for value in rows.values()), rows
+    (card,) = tmp_path.iterdir()
+    text = card.read_text()
+    metadata = yaml.safe_load(text.split("---\n")[1])
+    (result,) = metadata["model-index"][0]["results"]
+    accuracy = next(m["value"] for m in result["metrics"] if m["name"] == "student accuracy")
+    assert abs(100 * accuracy - float(rows["student: layers {0, 5}, distilled"])) <= 0.051  # the table's figure
+    assert "| accuracy (higher is better) |" in text
+    assert "kind: teacher_layers" in text and "name: minilm-l6-rotten-tomatoes" in text
+    assert str(tmp_path) not in text and "/tmp" not in text

@@ -85,6 +85,14 @@ def test_a_teacher_changed_in_memory_after_loading_is_not_pinned_to_its_checkpoi
     with pytest.warns(UserWarning, match="'my-teacher' in memory differ from the checkpoint"):
         trainer = DistillationTrainer(model=llama(64, 1), teacher_model=teacher, args=_args(tmp_path))
     record = _model_record(trainer)
+    # The same when a student is cut from it first (the first hand-over is where it is checked).
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_folder)
+    with torch.no_grad():
+        teacher.lm_head.weight[0, 0] += 1e-3
+    with pytest.warns(UserWarning, match="differ from the checkpoint"):
+        student = student_from_teacher_layers(teacher, [0])
+    cut = _model_record(DistillationTrainer(model=student, teacher_model=teacher, args=_args(tmp_path)))
+    assert cut["modified_after_loading"] is True and cut["weights_sha256"] is None
     assert record["modified_after_loading"] is True and record["weights_sha256"] is None
     assert record["name"] == "my-teacher" and record["license"] == {"id": "mit"}  # still derived from it
     assert "not pinned" in _revision_text(record)

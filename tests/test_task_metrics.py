@@ -104,7 +104,12 @@ def test_compare_with_teacher_reports_the_evaluate_perplexity_of_both_models(tmp
         compute_metrics=perplexity_metrics, preprocess_logits_for_metrics=label_log_probs,
     )  # fmt: skip
     trainer.train()
+    calls = []
+    hook = teacher.register_forward_hook(lambda *_: calls.append(1))
     metric = trainer.compare_with_teacher()["metric"]
+    hook.remove()
+    # 2 batches: the teacher's targets for the student's, then its own scoring, which is not run a second time.
+    assert len(calls) == 2 + 2
     assert metric["name"] == "perplexity" and metric["higher_is_better"] is False
     assert metric["teacher"] == pytest.approx(_naive_perplexity(teacher, evaluation), rel=1e-5)
     assert metric["student"] == pytest.approx(_naive_perplexity(trainer.model, evaluation), rel=1e-5)

