@@ -187,6 +187,7 @@ def main() -> None:
     start = time.perf_counter()
     key = f"distilled_T{args.temperature:g}"
     rows = [run_seed(seed, args.epochs, [args.temperature], data) for seed in args.seeds]
+    seeds_seconds = time.perf_counter() - start
     print(f"MNIST-5k (4,000 train / 1,000 test), {args.epochs} epochs, seeds {args.seeds}: test errors per 1,000\n")
     print("| model | errors / 1,000 (mean ± std) | paper, errors / 10,000 (full MNIST) |")
     print("|---|---|---|")
@@ -202,7 +203,8 @@ def main() -> None:
     paper_share = (PAPER["hard"] - PAPER["distilled"]) / (PAPER["hard"] - PAPER["teacher"])
     print(
         f"\nDistilled beats hard labels in {wins}/{len(rows)} seeds; share of the teacher–student gap recovered "
-        f"{100 * statistics.mean(shares):.0f}% (per seed: {', '.join(f'{100 * s:.0f}%' for s in shares)}; paper {100 * paper_share:.0f}%)."
+        f"{100 * statistics.mean(shares):.0f}% (per seed: {', '.join(f'{100 * s:.0f}%' for s in shares)}; paper {100 * paper_share:.0f}%). "
+        f"{len(rows)} seeds in {seeds_seconds:.0f} s."
     )
     if not args.no_sweep:
         sweep = run_seed(args.seeds[0], args.epochs, args.sweep, data)
