@@ -1,4 +1,5 @@
-"""Running sums of the distillation terms between two log lines, kept as detached device tensors.
+"""Running sums of the distillation terms between two log lines, kept as detached device tensors, and what
+`compute_metrics` receives of a model's outputs.
 
 Nothing here calls `.item()` per micro-step: the sums are reduced across processes and turned into floats only when
 the Trainer logs (`logging_steps`) or finishes an evaluation.
@@ -7,6 +8,7 @@ the Trainer logs (`logging_steps`) or finishes an evaluation.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -47,3 +49,12 @@ class DistillationMetrics:
         if n_ce:
             metrics[f"{prefix}ce_loss"] = ce / n_ce
         return metrics
+
+
+def outputs_for_metrics(outputs: dict[str, Any], ignore_keys: list[str]) -> Any:
+    """What `compute_metrics` receives of a model's outputs: its tensors (logits first) except `loss` and
+    `ignore_keys`. A KV cache, which a teacher in eval mode returns, can be neither gathered nor padded."""
+    kept = tuple(
+        v for k, v in outputs.items() if k not in [*ignore_keys, "loss"] and isinstance(v, (torch.Tensor, tuple))
+    )
+    return kept[0] if len(kept) == 1 else kept

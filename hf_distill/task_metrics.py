@@ -69,15 +69,6 @@ def _first(predictions: Any) -> Any:
     return predictions[0] if isinstance(predictions, (tuple, list)) else predictions
 
 
-def outputs_for_metrics(outputs: dict[str, Any], ignore_keys: list[str]) -> Any:
-    """What `compute_metrics` receives of a model's outputs: its tensors (logits first) except `loss` and
-    `ignore_keys`. A KV cache, which a teacher in eval mode returns, can be neither gathered nor padded."""
-    kept = tuple(
-        v for k, v in outputs.items() if k not in [*ignore_keys, "loss"] and isinstance(v, (torch.Tensor, tuple))
-    )
-    return kept[0] if len(kept) == 1 else kept
-
-
 def accuracy_metrics(prediction: Any) -> dict[str, float]:
     """`compute_metrics` for classification: argmax of the logits against the labels, positions labelled -100
     skipped (so token classification works too).

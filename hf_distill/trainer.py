@@ -20,11 +20,10 @@ from .lm_head import capture_head_input, chunk_size_for, head_reproduces_logits,
 from .logs import get_logger
 from .losses import KDObjective, ObjectiveSums, count_targets, normalize_token_sum, objective_sums
 from .losses.chunked import chunked_objective_sums
-from .metrics import DistillationMetrics
+from .metrics import DistillationMetrics, outputs_for_metrics
 from .placement import Placement, student_strategy
 from .plan import MemoryPlan, plan_run, refusal_message
 from .publishing import PublishingMixin
-from .task_metrics import outputs_for_metrics
 from .tasks import is_encoder_decoder, is_token_level, shifts_labels, unwrap_peft
 from .teacher import accepted_arguments, decoder_inputs, describe_teacher, model_logits, run_teacher, select_arguments
 from .teacher_cache import CACHE_COLUMNS, CacheCollator, CachedTeacher, TeacherCache, cache_rows, load_teacher_cache
