@@ -5,6 +5,7 @@ from .config import DistillationConfig
 from .licenses import LicensePolicyError
 from .lineage import Lineage, LineageError
 from .pull import LineageNotFoundError, PulledLineage, read_lineage
+from .seq2seq import Seq2SeqDistillationConfig, Seq2SeqDistillationTrainer
 from .teacher import TeacherOutput
 from .teacher_cache import TeacherCache, load_teacher_cache
 from .trainer import DistillationTrainer
@@ -19,6 +20,8 @@ __all__ = [
     "LineageError",
     "LineageNotFoundError",
     "PulledLineage",
+    "Seq2SeqDistillationConfig",
+    "Seq2SeqDistillationTrainer",
     "TeacherCache",
     "TeacherOutput",
     "__version__",

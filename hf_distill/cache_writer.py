@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import atomic_path
 from .logs import get_logger
 from .provenance import model_source
 from .tasks import unwrap_peft
@@ -104,8 +105,9 @@ def write_shard(output_dir: str, name: str, columns: dict[str, list], features: 
 
     path = os.path.join(output_dir, name)
     # The Arrow table keeps the `datasets` features in its schema metadata, so the shard reads back typed.
-    pq.write_table(Dataset.from_dict(columns, features=features).data.table, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    with atomic_path(path) as tmp:
+        table = Dataset.from_dict(columns, features=features).data.table
+        pq.write_table(table, tmp)  # into atomic_path's temporary: the shard appears whole or not at all
     return {"file": name, "rows": len(next(iter(columns.values()))), "sha256": file_sha256(path)}
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .recipe import load_recipe, parse_overrides
+from .recipe import check_recipe_files, load_recipe, parse_overrides
+from .terminal import printable
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     lineage.add_argument("repo", help="Hub model id or a saved student's folder")
     lineage.add_argument("--revision", help="branch, tag or commit of a Hub repo (default: main)")
     lineage.add_argument("--json", action="store_true", help="print the whole chain as JSON")
+    lineage.add_argument(
+        "--max-depth", type=int, default=64, help="read at most this many distilled models up the chain (default 64)"
+    )
     return parser
 
 
@@ -50,16 +54,21 @@ def _print_lineage(args: argparse.Namespace) -> int:
     from .lineage import LineageError
     from .pull import LineageNotFoundError, read_lineage
 
+    # Everything printed comes from files someone else wrote: control characters are escaped (json.dumps escapes
+    # them itself), so a record cannot move the cursor, clear the screen or retitle the terminal.
     try:
-        pulled = read_lineage(args.repo, revision=args.revision)
+        pulled = read_lineage(args.repo, revision=args.revision, max_depth=args.max_depth)
     except LineageNotFoundError as error:
-        print(f"hf-distill: {error}", file=sys.stderr)
+        print(f"hf-distill: {printable(error, newlines=False)}", file=sys.stderr)
         return 1
     except LineageError as error:  # name the bad field, still show what could be read
-        print(f"hf-distill: {error}", file=sys.stderr)
+        print(f"hf-distill: {printable(error, newlines=False)}", file=sys.stderr)
         if error.lineage is not None:
             print(json.dumps(error.lineage.to_dict(), indent=2, default=str))
         return 1
+    except ValueError as error:
+        print(f"hf-distill lineage: {printable(error, newlines=False)}", file=sys.stderr)
+        return 2
     print(json.dumps(pulled.to_dict(), indent=2) if args.json else pulled.format())
     return 0
 
@@ -71,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hf-distill lineage: unknown arguments {rest}", file=sys.stderr)
             return 2
         return _print_lineage(args)
-    try:
+    try:  # every check that needs no model: a bad recipe costs one line, not a load and a traceback
         recipe = load_recipe(args.config, parse_overrides(rest))
+        check_recipe_files(args.config, recipe)
     except (ValueError, OSError) as error:
-        print(f"hf-distill: {error}", file=sys.stderr)
+        print(f"hf-distill: {printable(' '.join(str(error).split()))}", file=sys.stderr)
         return 2
     section = {"cache-teacher": "cache", "generate": "generate"}.get(args.command)
     if section and getattr(recipe, section) is None:

@@ -13,6 +13,7 @@ from .teacher import accepted_arguments
 # Keys of `Trainer.evaluate` output that are bookkeeping, not quality metrics.
 _BOOKKEEPING = (
     "loss",
+    "distillation_loss",
     "kd_loss",
     "ce_loss",
     "agreement",

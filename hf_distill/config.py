@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -199,6 +200,7 @@ class DistillationConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        _check_field_types(self)  # before anything reads them: a wrong type names its field, not a later symptom
         super().__post_init__()
         self.kd_objective()  # validates the distillation fields, naming the one at fault
         if self.teacher_dtype not in (None, "float32", "bfloat16", "float16"):
@@ -217,6 +219,86 @@ class DistillationConfig(TrainingArguments):
         return kd_objective_from_args(self)
 
 
+_BOOL_FIELDS = (
+    "teacher_trust_remote_code",
+    "kd_temperature_scaling",
+    "merge_adapter_on_save",
+    "acknowledge_teacher_license",
+    "override_name_prefix",
+)
+_FLOAT_FIELDS = ("kd_temperature", "jsd_beta", "skew_alpha", "kd_weight", "ce_weight")
+_STR_FIELDS = ("teacher_cache_tail", "kd_loss", "teacher_placement", "preflight")
+_OPTIONAL_STR_FIELDS = (
+    "teacher_model_name_or_path",
+    "teacher_revision",
+    "teacher_cache",
+    "teacher_deepspeed_config",
+    "teacher_dtype",
+)
+
+
+def _check_field_types(args: DistillationConfig) -> None:
+    """Refuse a distillation field of the wrong type or a non-finite number, naming the field, the value and what is
+    valid. Numbers given as strings are read as numbers, because YAML 1.1 (the `parse_yaml_file` and recipe reader)
+    loads `1e-4` as the string '1e-4'; booleans must be real booleans (argparse already turns `--flag false` into one).
+    """
+    for name in _BOOL_FIELDS:
+        value = getattr(args, name)
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}={value!r} is not a boolean; use true or false (unquoted in YAML/JSON).")
+    for name in _FLOAT_FIELDS:
+        value = getattr(args, name)
+        number = _as_number(value, float)
+        if number is None:
+            raise TypeError(f"{name}={value!r} is not a number; use a finite float, e.g. {_default(name)}.")
+        if not math.isfinite(number):
+            raise ValueError(f"{name}={value!r} is not finite; use a finite float, e.g. {_default(name)}.")
+        setattr(args, name, number)
+    if args.kd_chunk_size is not None:
+        number = _as_number(args.kd_chunk_size, int)
+        if number is None:
+            raise TypeError(
+                f"kd_chunk_size={args.kd_chunk_size!r} is not an integer; use a whole number of tokens >= 0 (0 = off) "
+                "or leave it unset (automatic)."
+            )
+        args.kd_chunk_size = number
+    for name in _STR_FIELDS:
+        if not isinstance(getattr(args, name), str):
+            raise TypeError(f"{name}={getattr(args, name)!r} is not a string; {_STR_HINTS[name]}.")
+    for name in _OPTIONAL_STR_FIELDS:
+        value = getattr(args, name)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name}={value!r} is not a string; give a string or leave it unset.")
+
+
+_STR_HINTS = {
+    "teacher_cache_tail": "use bucket or renormalize",
+    "kd_loss": f"use one of {', '.join(DIVERGENCES)}",
+    "teacher_placement": "use auto, replicate, shard, offload or a device list such as 'cuda:1'",
+    "preflight": "use refuse, print or off",
+}
+
+
+def _default(name: str) -> Any:
+    return DistillationConfig.__dataclass_fields__[name].default
+
+
+def _as_number(value: Any, kind: type) -> int | float | None:
+    """`value` as an int or float, or `None` when it is not one (bools are not numbers here; 1.5 is not an int)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value) if kind is float else int(value)
+        except ValueError:
+            return None
+    if kind is float and isinstance(value, (int, float)):
+        return float(value)
+    if kind is int and isinstance(value, int):
+        return value
+    return None
+
+
 def distillation_defaults() -> dict[str, Any]:
     """The documented defaults of every distillation field, as used with a plain `TrainingArguments`."""
     own = {f.name for f in fields(DistillationConfig)} - {f.name for f in fields(TrainingArguments)}
@@ -225,7 +307,8 @@ def distillation_defaults() -> dict[str, Any]:
 
 def distillation_setting(args: TrainingArguments, name: str) -> Any:
     """A distillation field of `args`, or its documented default when `args` is a plain `TrainingArguments`."""
-    return getattr(args, name, distillation_defaults()[name])
+    # `hasattr` first: the objective also reads upstream fields (`label_smoothing_factor`) every `args` has.
+    return getattr(args, name) if hasattr(args, name) else distillation_defaults()[name]
 
 
 def kd_objective_from_args(args: TrainingArguments) -> KDObjective:

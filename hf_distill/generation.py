@@ -4,7 +4,6 @@ the teacher says), optionally with the teacher's top-k distribution at every res
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import write_json
 from .cache_writer import cache_features, hf_distill_version, teacher_record, write_shard
 from .logs import get_logger
 from .teacher_cache import IDS, LOGPROBS, TAIL, CacheFingerprint, CacheInfo, encode_logprobs, tokenizer_sha256
@@ -199,7 +199,6 @@ def _write(output_dir, columns, teacher, tokenizer, settings, k, temperature, dt
     if k is not None:
         info.save(output_dir)  # a teacher cache: `teacher_cache=output_dir` trains from it
     else:  # responses only: the same manifest under another name, so it is never mistaken for a cache
-        with open(os.path.join(output_dir, GENERATION_FILE), "w") as f:
-            json.dump(asdict(info), f, indent=2)
+        write_json(os.path.join(output_dir, GENERATION_FILE), asdict(info), indent=2)
     logger.info(f"{len(columns['prompt'])} teacher responses written to {output_dir} ({tokens} tokens).")
     return info

@@ -1,36 +1,49 @@
 """Pushing a student to the Hub with its lineage: weights, card, lineage record, NOTICE and the teacher's license
 files, in one commit. Everything is checked before anything is uploaded: the teacher's license terms, the card
 (against the Hub's own metadata validation), and that no local path or token is in any file that would leave.
+
+A push writes nothing on disk: the model files are uploaded from where they are, and what hf_distill generates (card,
+lineage record, NOTICE, license copies, copies of JSON files without local paths) goes into the commit as bytes.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 import os
-import shutil
-import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Any
 
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 
 from .licenses import LicenseDecision, decide
 from .lineage import LINEAGE_FILE, Lineage
 from .logs import get_logger
 from .model_card import render_card
-from .provenance import hub_card_facts, is_commit_sha, weights_bytes
+from .provenance import hub_card_facts, is_commit_sha, is_local, weights_bytes
 
 logger = get_logger(__name__)
 
-# Never pushed: the pickled TrainingArguments (local paths, possibly the hub token), logs, other checkpoints.
-NEVER_PUSHED = ("training_args.bin", "runs", "runs/*", "_*", "checkpoint-*", "checkpoint-*/*", "README.md")
+# What huggingface_hub's `upload_folder` (so `Trainer.push_to_hub`) never uploads: git metadata, the Hub client's cache.
+_CLIENT_IGNORED = (".git", ".git/*", "*/.git", "*/.git/*", ".cache/huggingface", ".cache/huggingface/*")
+# Never pushed: the pickled TrainingArguments (local paths, possibly the hub token), logs, other checkpoints, and the
+# README on disk (the pushed card is generated, merged with it).
+NEVER_PUSHED = (
+    *_CLIENT_IGNORED,
+    "training_args.bin",
+    "runs",
+    "runs/*",
+    "_*",
+    "checkpoint-*",
+    "checkpoint-*/*",
+    "README.md",
+)
 # A checkpoint's training state: it goes under last-checkpoint/ (for resuming), not beside the model at the root.
 TRAINING_STATE = (*NEVER_PUSHED, "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "trainer_state.json")
-# Text files whose content is checked for local paths and tokens (weights and tokenizer vocabularies are not text
-# anyone writes a path into).
-_CHECKED_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".jinja")
 _TEACHER_LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "USE_POLICY.md", "NOTICE", "NOTICE.txt")
+_SCAN_BLOCK = 1 << 20  # bytes read at a time when searching a file for a local path or the token
 
 
 class PushRefusedError(ValueError):
@@ -50,7 +63,9 @@ class PushOptions:
     override_name_prefix: bool = False
 
 
-def license_decision(lineage: Lineage, repo_id: str, options: PushOptions) -> LicenseDecision:
+def license_decision(lineage: Lineage, repo_id: str, options: PushOptions, strict: bool = True) -> LicenseDecision:
+    """The teacher's license terms applied to `repo_id`; with `strict=False` (a local card) what a push would refuse
+    is recorded in `LicenseDecision.pending` instead of raised."""
     return decide(
         lineage.teacher.get("license"),
         repo_id,
@@ -58,98 +73,145 @@ def license_decision(lineage: Lineage, repo_id: str, options: PushOptions) -> Li
         weights_derive_from_teacher=lineage.weights_derive_from_teacher,
         acknowledge_teacher_license=options.acknowledge_teacher_license,
         override_name_prefix=options.override_name_prefix,
+        strict=strict,
     )
 
 
-def _copy_tree(source: str, target: str, skip: tuple[str, ...]) -> None:
-    """Hard-link (or copy) `source` into `target`, leaving out paths matching `skip`."""
-    for root, dirs, files in os.walk(source):
-        relative_root = os.path.relpath(root, source)
-        dirs[:] = [d for d in dirs if not _matches(os.path.normpath(os.path.join(relative_root, d)), skip)]
-        for name in files:
-            relative = os.path.normpath(os.path.join(relative_root, name))
-            if _matches(relative, skip):
-                continue
-            destination = os.path.join(target, relative)
-            os.makedirs(os.path.dirname(destination), exist_ok=True)
-            try:
-                os.link(os.path.join(root, name), destination)  # no copy of the weights when the filesystem allows
-            except OSError:
-                shutil.copy2(os.path.join(root, name), destination)
-
-
-def _matches(relative: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatch(relative, pattern) for pattern in patterns)
-
-
-def _sanitize(staging: str, public_base: str | None) -> None:
-    """Rewrite the fields known to hold local paths: PEFT's base model, the Trainer state's best checkpoint."""
-    for root, _, files in os.walk(staging):
-        for name in files:
-            path = os.path.join(root, name)
-            if name == "adapter_config.json":
-                _rewrite_json(path, lambda d: {**d, "base_model_name_or_path": public_base})
-            elif name == "trainer_state.json":
-                _rewrite_json(
-                    path,
-                    lambda d: {
-                        **d,
-                        "best_model_checkpoint": d["best_model_checkpoint"]
-                        and os.path.basename(d["best_model_checkpoint"]),
-                    },
-                )
-
-
-def _rewrite_json(path: str, change: Any) -> None:
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    os.unlink(path)  # a hard link: write a new file, never through the link into output_dir
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(change(data), f, indent=2)
-
-
-def check_no_secrets(staging: str, local_paths: list[str], token: str | None) -> None:
-    """Refuse when a text file to be pushed contains one of `local_paths` or the token."""
-    needles = [(p, "a local path") for p in local_paths if p and len(p) > 1] + (
-        [(token, "the Hub token")] if token else []
-    )
-    for root, _, files in os.walk(staging):
-        for name in files:
-            if not name.endswith(_CHECKED_SUFFIXES) and name not in ("NOTICE",):
-                continue
-            path = os.path.join(root, name)
-            with open(path, encoding="utf-8", errors="replace") as f:
-                text = f.read()
-            for needle, what in needles:
-                if needle in text:
-                    shown = "<token>" if what == "the Hub token" else needle
-                    raise PushRefusedError(
-                        f"{os.path.relpath(path, staging)} contains {what} ({shown!r}); nothing was pushed. Remove "
-                        "it from that file in the output folder (or save to a folder whose path is not recorded) "
-                        "and push again."
-                    )
+def local_finetuned_from(options: PushOptions) -> str | None:
+    """The folder name of `options.finetuned_from` when it is a local folder (never its path), else `None`."""
+    name = options.finetuned_from
+    if name and is_local(name):
+        return os.path.basename(os.path.normpath(os.path.expanduser(name))) or name
+    return None
 
 
 def folder_card(
     lineage: Lineage, policy: LicenseDecision, repo_id: str, options: PushOptions, folder: str, adapter_push: bool
 ) -> str:
-    """The student's card, merged into `folder`'s README.md when there is one."""
+    """The student's card, merged into `folder`'s README.md when there is one. A local `finetuned_from` is shown by
+    its folder name in the lineage table and left out of `base_model` (a local path is no Hub id)."""
     path = os.path.join(folder, "README.md")
-    existing = open(path, encoding="utf-8").read() if os.path.isfile(path) else None
+    existing = None
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            existing = f.read()
+    local = local_finetuned_from(options)
     return render_card(
         lineage,
         policy,
         repo_id,
         existing,
+        local_finetuned_from=local,
         adapter_push=adapter_push,
-        finetuned_from=options.finetuned_from,
+        finetuned_from=None if local else options.finetuned_from,
         tags=options.tags,
         language=options.language,
         datasets=options.datasets,
     )
 
 
-def stage_push(
+def _listing(source: str, skip: tuple[str, ...]) -> dict[str, str]:
+    """`{path in the repo: absolute local path}` of the files under `source`, leaving out paths matching `skip`."""
+    found = {}
+    for root, dirs, files in os.walk(source):
+        relative_root = os.path.relpath(root, source)
+        dirs[:] = sorted(d for d in dirs if not _matches(os.path.normpath(os.path.join(relative_root, d)), skip))
+        for name in sorted(files):
+            relative = os.path.normpath(os.path.join(relative_root, name))
+            if not _matches(relative, skip):
+                found[relative.replace(os.sep, "/")] = os.path.abspath(os.path.join(root, name))
+    return found
+
+
+def _matches(relative: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(relative, pattern) for pattern in patterns)
+
+
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, indent=2).encode("utf-8")
+
+
+def _sanitized(contents: dict[str, str | bytes], public_base: str | None) -> None:
+    """Replace, in the commit only, the files known to hold local paths: PEFT's base model, the Trainer state's best
+    checkpoint. The files on disk are read, never written."""
+    for path_in_repo, source in list(contents.items()):
+        name = path_in_repo.rsplit("/", 1)[-1]
+        if isinstance(source, bytes) or name not in ("adapter_config.json", "trainer_state.json"):
+            continue
+        with open(source, encoding="utf-8") as f:
+            data = json.load(f)
+        if name == "adapter_config.json":
+            data["base_model_name_or_path"] = public_base
+        elif data.get("best_model_checkpoint"):
+            data["best_model_checkpoint"] = os.path.basename(os.path.normpath(data["best_model_checkpoint"]))
+        contents[path_in_repo] = _json_bytes(data)
+
+
+def _needles(local_paths: list[str], token: str | None) -> list[tuple[bytes, str, str]]:
+    """(bytes to look for, what it is, how a message shows it): each local path as written and as JSON escapes it
+    (backslashes, non-ASCII), also resolved through symlinks; the token."""
+    found: dict[bytes, tuple[str, str]] = {}
+    for path in local_paths:
+        if not path or len(path.strip(os.sep)) == 0:
+            continue  # "/" alone would match any path-like text
+        for variant in {path, os.path.realpath(path)}:
+            for form in (variant, json.dumps(variant)[1:-1], json.dumps(variant, ensure_ascii=False)[1:-1]):
+                found.setdefault(form.encode("utf-8"), ("a local path", repr(path)))
+    if token:
+        found[token.encode("utf-8")] = ("the Hub token", "'<token>'")
+    return [(needle, what, shown) for needle, (what, shown) in found.items()]
+
+
+def _first_needle(read: Any, needles: list[tuple[bytes, str, str]]) -> tuple[str, str] | None:
+    """Stream `read(n)` in 1 MiB blocks, keeping the last `longest needle - 1` bytes between blocks so that a needle
+    split across two blocks is still found; memory stays bounded whatever the file's size."""
+    overlap = max(len(n) for n, _, _ in needles) - 1
+    tail = b""
+    while True:
+        block = read(_SCAN_BLOCK)
+        if not block:
+            return None
+        window = tail + block
+        for needle, what, shown in needles:
+            if needle in window:
+                return what, shown
+        tail = window[-overlap:] if overlap else b""
+
+
+def check_no_secrets(contents: dict[str, str | bytes], local_paths: list[str], token: str | None) -> None:
+    """Refuse when any file of the commit holds one of `local_paths` or the token.
+
+    Every file is searched, whatever its extension: text files and binaries alike (weights, pickles, a safetensors
+    header's metadata), as bytes, streamed in 1 MiB blocks. Local paths are looked for as written and JSON-escaped.
+
+    Args:
+        contents (`dict[str, str | bytes]`): path in the repository -> local file path, or the generated bytes.
+        local_paths (`list[str]`): absolute paths that must not leave the machine.
+        token (`str`, *optional*): the Hub token of the push.
+
+    Raises:
+        `PushRefusedError`: naming the file, what it holds, and what to do.
+    """
+    needles = _needles(local_paths, token)
+    if not needles:
+        return
+    for path_in_repo, source in sorted(contents.items()):
+        if isinstance(source, bytes):
+            found = _first_needle(io.BytesIO(source).read, needles)
+            where = "what the card is made from (the README in the output folder, the push's arguments)"
+        else:
+            with open(source, "rb") as f:
+                found = _first_needle(f.read, needles)
+            where = source
+        if found is not None:
+            what, shown = found
+            raise PushRefusedError(
+                f"{path_in_repo} contains {what} ({shown}); nothing was pushed. Remove it from {where} (or move that "
+                "file out of the output folder) and push again."
+            )
+
+
+def push_contents(
     folder: str,
     lineage: Lineage,
     policy: LicenseDecision,
@@ -160,43 +222,50 @@ def stage_push(
     checkpoint_folder: str | None = None,
     checkpoint_name: str = "last-checkpoint",
     card_folder: str | None = None,
-) -> str:
-    """A temporary folder holding exactly what the commit will contain; the caller removes it. An existing
-    README.md in `card_folder` (default: `folder`) is merged into the card."""
-    staging = tempfile.mkdtemp(prefix="hf_distill_push_")
-    try:
-        _copy_tree(folder, staging, skip)
-        if checkpoint_folder is not None:  # what resuming needs, under last-checkpoint/ as the Trainer pushes it
-            _copy_tree(checkpoint_folder, os.path.join(staging, checkpoint_name), ("training_args.bin", "README.md"))
-        adapter_push = os.path.isfile(os.path.join(staging, "adapter_config.json"))
-        if adapter_push and lineage.student["init"]["kind"] == "teacher_layers":
-            raise PushRefusedError(
-                "The student is an adapter over a model cut from the teacher's layers, which exists nowhere else, so "
-                "the adapter alone cannot be loaded by anyone. Set merge_adapter_on_save=True to push a full model."
-            )
-        record = Lineage(**{**lineage.__dict__, "license_policy": policy.to_dict()})
-        if record.evaluation is not None:
-            sizes = {**record.evaluation["size_on_disk"], "student": weights_bytes(staging)}
-            record.evaluation = {**record.evaluation, "size_on_disk": sizes}
-        card = folder_card(record, policy, repo_id, options, card_folder or folder, adapter_push)
-        with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as f:
-            f.write(card)
-        if os.path.exists(os.path.join(staging, LINEAGE_FILE)):
-            os.unlink(os.path.join(staging, LINEAGE_FILE))
-        record.save(staging)
-        if policy.notice or policy.built_with:
-            with open(os.path.join(staging, "NOTICE"), "w", encoding="utf-8") as f:
-                f.write("\n".join(line for line in (policy.built_with, policy.notice) if line) + "\n")
-        for name, content in license_files.items():
-            target = name if not os.path.exists(os.path.join(staging, name)) else f"TEACHER_{name}"
-            with open(os.path.join(staging, target), "wb") as f:
-                f.write(content)
-        base = record.student["init"] if record.student["init"]["kind"] == "pretrained" else record.teacher
-        _sanitize(staging, base.get("name") if base.get("source") == "hub" else None)
-        return staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+) -> dict[str, str | bytes]:
+    """Exactly what the commit will contain, without writing anything anywhere.
+
+    Returns:
+        `dict[str, str | bytes]`: path in the repository -> the local file uploaded as it is (every file of `folder`
+        not matching `skip`, and of `checkpoint_folder` under `checkpoint_name/`), or generated bytes: the card (merged
+        into `card_folder`'s README.md, default `folder`), the lineage record, NOTICE (the user's own NOTICE with the
+        teacher's attribution appended when missing), the teacher's license files (as `TEACHER_<name>` when the
+        folder has its own), and copies of adapter_config.json / trainer_state.json without local paths.
+    """
+    contents: dict[str, str | bytes] = dict(_listing(folder, skip))
+    if checkpoint_folder is not None:  # what resuming needs, under last-checkpoint/ as the Trainer pushes it
+        for relative, path in _listing(
+            checkpoint_folder, (*_CLIENT_IGNORED, "training_args.bin", "README.md")
+        ).items():
+            contents[f"{checkpoint_name}/{relative}"] = path
+    adapter_push = "adapter_config.json" in contents
+    if adapter_push and lineage.student["init"]["kind"] == "teacher_layers":
+        raise PushRefusedError(
+            "The student is an adapter over a model cut from the teacher's layers, which exists nowhere else, so "
+            "the adapter alone cannot be loaded by anyone. Set merge_adapter_on_save=True to push a full model."
+        )
+    record = Lineage(**{**lineage.__dict__, "license_policy": policy.to_dict()})
+    if record.evaluation is not None:
+        sizes = {**record.evaluation["size_on_disk"], "student": weights_bytes(folder)}
+        record.evaluation = {**record.evaluation, "size_on_disk": sizes}
+    contents["README.md"] = folder_card(record, policy, repo_id, options, card_folder or folder, adapter_push).encode()
+    contents[LINEAGE_FILE] = _json_bytes(record.to_dict())
+    lines = [line for line in (policy.built_with, policy.notice) if line]
+    if lines:
+        own = contents.get("NOTICE")
+        if isinstance(own, str):  # the user's NOTICE: kept, with the teacher's lines it lacks appended
+            with open(own, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+            missing = [line for line in lines if line not in text]
+            if missing:
+                contents["NOTICE"] = (text.rstrip("\n") + "\n\n" + "\n".join(missing) + "\n").encode("utf-8")
+        else:
+            contents["NOTICE"] = ("\n".join(lines) + "\n").encode("utf-8")
+    for name, content in license_files.items():
+        contents[name if name not in contents else f"TEACHER_{name}"] = content
+    base = record.student["init"] if record.student["init"]["kind"] == "pretrained" else record.teacher
+    _sanitized(contents, base.get("name") if base.get("source") == "hub" else None)
+    return contents
 
 
 def teacher_license_files(teacher_source: dict[str, Any], local_folder: str | None) -> dict[str, bytes]:
@@ -223,6 +292,56 @@ def teacher_license_files(teacher_source: dict[str, Any], local_folder: str | No
     return found
 
 
+class _OpenFile(io.BufferedIOBase):
+    """A file opened once, read with a position per thread (`os.pread`).
+
+    The commit reads its files through these, so that what was checked is what is uploaded even if a checkpoint
+    folder is rotated away (deleted) while a non-blocking push is still uploading it: the open descriptor keeps the
+    data. The position is per thread because huggingface_hub uploads one operation from several threads at once when
+    two paths of the commit hold the same bytes (e.g. `model.safetensors` and `last-checkpoint/model.safetensors`).
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY)
+        self._size = os.fstat(self._fd).st_size
+        self._local = threading.local()
+
+    def _position(self) -> int:
+        return getattr(self._local, "position", 0)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def tell(self) -> int:
+        return self._position()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position(), io.SEEK_END: self._size}[whence]
+        self._local.position = max(0, base + offset)
+        return self._local.position
+
+    def read(self, size: int | None = -1) -> bytes:
+        position = self._position()
+        size = self._size - position if size is None or size < 0 else size
+        data = os.pread(self._fd, max(0, size), position)
+        self._local.position = position + len(data)
+        return data
+
+    read1 = read
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
 def push_folder(
     folder: str,
     repo_id: str,
@@ -240,8 +359,17 @@ def push_folder(
     revision: str | None = None,
     private: bool | None = None,
     blocking: bool = True,
+    api: HfApi | None = None,
 ) -> Any:
-    """Push `folder` (a saved student) to `repo_id` with its card, lineage, NOTICE and license files in one commit.
+    """Push `folder` (a saved student) to `repo_id` with its card, lineage, NOTICE and license files in one commit
+    (`HfApi.create_commit`), writing nothing on disk.
+
+    Args:
+        api (`HfApi`, *optional*): the client to use; one client runs its non-blocking commits one after another,
+            in order.
+
+    Returns:
+        `CommitInfo`, or a `Future` of it when `blocking=False`.
 
     Raises:
         `LicensePolicyError` / `PushRefusedError` / `ValueError` (the Hub's card validation): before anything is
@@ -263,30 +391,49 @@ def push_folder(
                 "output folder and push again."
             )
         policy.duties.append("the teacher's license text, provided by the uploader as LICENSE")
-    staging = stage_push(
+    if local_finetuned_from(options):
+        logger.warning(
+            f"finetuned_from={options.finetuned_from!r} is a local folder, not a Hub id: the pushed card names it in "
+            "its lineage table by folder name and leaves it out of base_model. Pass the Hub id of that checkpoint "
+            "to link it."
+        )
+    contents = push_contents(
         folder, lineage, policy, repo_id, options, license_files, skip, checkpoint_folder, checkpoint_name, card_folder
     )
+    check_no_secrets(contents, [os.path.abspath(folder), *(local_paths or [])], token)
+    ModelCard(contents["README.md"].decode("utf-8")).validate()  # the Hub's own check, before the repo is touched
+    api = api if api is not None else HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True, token=token).repo_id
+    # Files are handed over open (see `_OpenFile`).
+    handles: list[_OpenFile] = []
+
+    def close(*_: Any) -> None:
+        for handle in handles:
+            handle.close()
+
     try:
-        check_no_secrets(staging, [os.path.abspath(folder), *(local_paths or [])], token)
-        with open(os.path.join(staging, "README.md"), encoding="utf-8") as f:
-            ModelCard(f.read()).validate()  # the Hub's own metadata check, before the repository is touched
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        future = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=staging,
+        operations = []
+        for path_in_repo, source in sorted(contents.items()):
+            if isinstance(source, str):
+                handles.append(_OpenFile(source))  # closed when the commit is done
+                source = handles[-1]
+            operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=source))
+        result = api.create_commit(
+            repo_id,
+            operations,
             commit_message=commit_message,
             revision=revision,
+            token=token,
             run_as_future=not blocking,
         )
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        close()
         raise
     if blocking:
-        shutil.rmtree(staging, ignore_errors=True)
+        close()
     else:
-        future.add_done_callback(lambda _: shutil.rmtree(staging, ignore_errors=True))
-    return future
+        result.add_done_callback(close)
+    return result
 
 
 # Permissive licenses: the license id in the card is enough when no LICENSE file exists to copy.

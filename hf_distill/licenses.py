@@ -142,6 +142,8 @@ class LicenseDecision:
         non_commercial (`bool`): the student may not be used commercially.
         duties (`list[str]`): every duty applied, in words.
         acknowledged (`list[str]`), overridden (`list[str]`): what the user explicitly accepted or overrode.
+        pending (`list[str]`): what a push would refuse, when the decision was taken without refusing (for a card
+            written locally by `create_model_card`); empty for every decision a push acts on.
     """
 
     teacher_license: dict[str, Any] | None
@@ -154,9 +156,13 @@ class LicenseDecision:
     duties: list[str] = field(default_factory=list)
     acknowledged: list[str] = field(default_factory=list)
     overridden: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if not data["pending"]:  # only a local card has any: pushed records keep their layout
+            del data["pending"]
+        return data
 
 
 def terms_key(license_record: dict[str, Any] | None) -> str:
@@ -184,6 +190,7 @@ def decide(
     weights_derive_from_teacher: bool = False,
     acknowledge_teacher_license: bool = False,
     override_name_prefix: bool = False,
+    strict: bool = True,
 ) -> LicenseDecision:
     """Apply the teacher's license terms to a push of the student to `repo_id`.
 
@@ -197,56 +204,68 @@ def decide(
             student: needed for an unknown license, for terms hf_distill cannot check, and for a student license
             that differs from one the teacher's terms carry over.
         override_name_prefix (`bool`): push under a name without the prefix the terms require.
+        strict (`bool`, defaults to `True`): raise on what the terms refuse. With `False` (a card written locally,
+            which publishes nothing), every refusal is recorded in `LicenseDecision.pending` instead.
 
     Raises:
-        `LicensePolicyError`: naming the term and the option that lifts it.
+        `LicensePolicyError`: naming the term and the option that lifts it (only when `strict`).
     """
     key = terms_key(teacher_license)
     decision = LicenseDecision(teacher_license, key, None)
     shown = (teacher_license or {}).get("name") or (teacher_license or {}).get("id")
+
+    def refuse(message: str) -> None:
+        if strict:
+            raise LicensePolicyError(message)
+        decision.pending.append(message)
+
     if key == "unknown":
-        if not acknowledge_teacher_license:
-            raise LicensePolicyError(
+        if acknowledge_teacher_license:
+            decision.acknowledged.append(f"unknown teacher license ({shown or 'none given'})")
+        else:
+            refuse(
                 f"The teacher's license is unknown (license={shown!r}), so hf_distill cannot tell which duties a model "
                 "trained on its outputs carries. Read the teacher's terms, then pass "
                 "acknowledge_teacher_license=True (push_to_hub argument or DistillationConfig field) to push."
             )
-        decision.acknowledged.append(f"unknown teacher license ({shown or 'none given'})")
         decision.student_license = {"id": student_license} if student_license else None
         return decision
 
     terms = TERMS[key]
     if terms.needs_acknowledgement:
-        if not acknowledge_teacher_license:
-            raise LicensePolicyError(
+        if acknowledge_teacher_license:
+            decision.acknowledged.append(terms.needs_acknowledgement)
+        else:
+            refuse(
                 f"The teacher's {terms.title} says: “{terms.needs_acknowledgement}” hf_distill cannot check this for "
                 "your student; if your use is allowed, pass acknowledge_teacher_license=True."
             )
-        decision.acknowledged.append(terms.needs_acknowledgement)
 
     repo_name = repo_id.split("/")[-1]
     if terms.name_prefix and not _starts_with(repo_name, terms.name_prefix):
-        if not override_name_prefix:
-            raise LicensePolicyError(
+        if override_name_prefix:
+            decision.overridden.append(f"model name without the required prefix “{terms.name_prefix}”")
+        else:
+            refuse(
                 f"repo_id={repo_id!r}: the teacher's {terms.title} requires the name to begin with "
                 f"“{terms.name_prefix}”: “{terms.quote}” Rename the repository (e.g. "
                 f"'{terms.name_prefix.replace(' ', '-')}-{repo_name}') or pass override_name_prefix=True."
             )
-        decision.overridden.append(f"model name without the required prefix “{terms.name_prefix}”")
     elif terms.name_prefix:
         decision.duties.append(f"model name begins with “{terms.name_prefix}”")
 
     carries_over = terms.propagates or weights_derive_from_teacher
     if carries_over and student_license and student_license != teacher_license["id"]:
-        if not acknowledge_teacher_license:
-            raise LicensePolicyError(
+        if acknowledge_teacher_license:
+            decision.acknowledged.append(f"student license {student_license!r} differs from the teacher's")
+        else:
+            refuse(
                 f"license={student_license!r}, but the student carries the teacher's {terms.title} "
                 f"(license={teacher_license['id']!r}) because "
                 f"{'its terms cover models trained on its outputs' if terms.propagates else 'its weights derive from the teacher'}. "
                 "Use the teacher's license, or pass acknowledge_teacher_license=True if you have the right to "
                 "relicense."
             )
-        decision.acknowledged.append(f"student license {student_license!r} differs from the teacher's")
     if student_license:
         decision.student_license = {"id": student_license}
     elif carries_over:

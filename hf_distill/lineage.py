@@ -20,10 +20,11 @@ from torch import nn
 
 from . import assets
 from .adapters import adapter_summary, is_peft_model
+from .atomic import write_json
 from .losses import KDObjective
 from .provenance import UNRESOLVED, is_commit_sha, library_versions, model_source
 from .tasks import unwrap_peft
-from .teacher import SharedBaseTeacher
+from .teacher import TOKENIZER_CHECKED_ATTRIBUTE, SharedBaseTeacher
 from .teacher_cache import CachedTeacher
 
 LINEAGE_FILE = "distillation_lineage.json"
@@ -76,8 +77,7 @@ class Lineage:
     def save(self, directory: str) -> str:
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, LINEAGE_FILE)
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=False)
+        write_json(path, self.to_dict(), indent=2, sort_keys=False)  # never a half-written record
         return path
 
     @classmethod
@@ -229,6 +229,7 @@ def build_lineage(
         source = model_source(teacher)  # a PeftModel's own record (its adapter), else its base's
         teacher_record = {**source, "kind": kind, **_model_record(teacher)}
     teacher_record.setdefault("license", None)
+    teacher_record["tokenizer_checked"] = getattr(teacher, TOKENIZER_CHECKED_ATTRIBUTE, None)  # see teacher_setup
     return Lineage(
         teacher=teacher_record,
         student={"init": _student_init(student, teacher), **_model_record(student)},

@@ -16,8 +16,12 @@ import torch
 from torch import nn
 
 from .adapters import head_parts
+from .logs import get_logger
 from .losses.chunked import LinearHead
 from .tasks import unwrap_peft
+from .teacher import accepted_arguments, decoder_inputs, select_arguments
+
+logger = get_logger(__name__)
 
 
 def head_module(model: nn.Module) -> nn.Module | None:
@@ -37,9 +41,23 @@ def _text_config(model: nn.Module) -> Any:
     return get_text() if callable(get_text) else config
 
 
+def _logits_bias_owner(model: nn.Module) -> nn.Module | None:
+    """The module holding a `final_logits_bias` buffer `(1, V)` that its forward adds after the head (BART, mBART,
+    Pegasus, Marian, Blenderbot), else `None`. The shared-base teacher's is its student's."""
+    base = unwrap_peft(model)
+    if torch.is_tensor(getattr(base, "final_logits_bias", None)):
+        return base
+    student = getattr(base, "student", None)  # `SharedBaseTeacher` runs the student's own forward
+    if isinstance(student, nn.Module) and torch.is_tensor(getattr(unwrap_peft(student), "final_logits_bias", None)):
+        return unwrap_peft(student)
+    return None
+
+
 def linear_head(model: nn.Module) -> LinearHead | None:
     """The model's head as a `LinearHead` with its post-head logit transforms read from the config:
     `final_logit_softcapping` (Gemma 2/3), `logit_scale` (Cohere), `logits_scaling` (Granite divides by it).
+    A `final_logits_bias` added after the head (BART, Marian, Pegasus, ...) is the head's bias (summed with the
+    head's own bias when it has one).
 
     LoRA adapters on the head become the head's `adapter_weight` (their `lora_B` weights side by side); the matching
     inputs are what `CapturedHidden.features()` appends to the hidden states.
@@ -58,9 +76,14 @@ def linear_head(model: nn.Module) -> LinearHead | None:
     if parts.loras:
         weights = [lora.lora_B.weight for lora in parts.loras]  # (V, r) each
         adapter_weight = weights[0] if len(weights) == 1 else torch.cat(weights, dim=1)
+    bias = parts.linear.bias
+    owner = _logits_bias_owner(model)
+    if owner is not None:
+        extra = owner.final_logits_bias.reshape(-1).to(parts.linear.weight.dtype)  # (1, V) -> (V,)
+        bias = extra if bias is None else bias + extra
     return LinearHead(
         parts.linear.weight,
-        parts.linear.bias,
+        bias,
         logit_scale=scale,
         softcap=float(softcap) if softcap else None,
         adapter_weight=adapter_weight,
@@ -116,10 +139,18 @@ def capture_head_input(model: nn.Module) -> Iterator[CapturedHidden]:
             captured.adapter_inputs = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=-1)
         return hidden @ parts.linear.weight[:0].t()  # (B, T, 0)
 
+    # A bias added after the head (`final_logits_bias`, (1, V)) must broadcast against the empty (B, T, 0) logits:
+    # it is swapped for a (1, 0) one for the block; `linear_head` adds the real one to the head's bias.
+    owner = _logits_bias_owner(model)
+    logits_bias = None if owner is None else owner.final_logits_bias
     head.forward = record
+    if owner is not None:
+        owner.final_logits_bias = logits_bias[..., :0]
     try:
         yield captured
     finally:
+        if owner is not None:
+            owner.final_logits_bias = logits_bias
         if had_instance_forward:
             head.forward = previous
         else:
@@ -139,7 +170,8 @@ def head_reproduces_logits(model: nn.Module, call: Any, positions: int = 8) -> b
     """Whether projecting the captured hidden states through `linear_head(model)` gives the model's own logits.
 
     Catches post-head transforms this module does not know about. `call()` runs the model's forward on a small
-    batch; the model is put in evaluation mode for the check (dropout would make the two forwards differ).
+    batch; the model is put in evaluation mode for the check (dropout would make the two forwards differ). NaN/inf
+    logits that the projection reproduces count as reproduced: the non-finite check reports them, naming the model.
     """
     was_training = model.training
     model.eval()
@@ -153,4 +185,46 @@ def head_reproduces_logits(model: nn.Module, call: Any, positions: int = 8) -> b
     hidden = captured.features()[:, :positions]  # (b, t, H [+ r])
     projected = head.transform(head.linear(hidden.reshape(-1, hidden.shape[-1])))
     expected = logits[:, :positions].reshape(projected.shape).float()
-    return torch.allclose(projected, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().clamp_min(1).item())
+    finite = expected[torch.isfinite(expected)]
+    scale = finite.abs().max().clamp_min(1).item() if finite.numel() else 1.0
+    return torch.allclose(projected, expected, rtol=1e-3, atol=1e-3 * scale, equal_nan=True)
+
+
+def heads_reproduce_logits(
+    student: nn.Module,
+    student_call: Any,
+    teacher: nn.Module | None = None,
+    teacher_features: dict[str, Any] | None = None,
+    labels: torch.Tensor | None = None,
+) -> bool | None:
+    """`head_reproduces_logits` for the student, then the teacher: the one-time check before the chunked loss.
+
+    Any exception during the check (a forward that the capture cannot run through, an output without `logits`, a
+    head whose shape `linear_head` misreads) means the chunked path cannot be trusted for that model: it is logged
+    on one info line and `None` returned, so the trainer uses the logits path instead of crashing.
+
+    Args:
+        student (`nn.Module`): the unwrapped student; `student_call()` runs the (wrapped) student on a small batch.
+        teacher (`nn.Module`, *optional*): the teacher, run on `teacher_features` (the batch without labels; `labels`
+            only build an encoder-decoder's decoder inputs). `None` checks the student alone (a cached teacher).
+
+    Returns:
+        `True` when every head reproduces its model's logits, `False` when one does not, `None` when the check failed.
+    """
+    checks = [(student, student_call)]
+    if teacher is not None:
+        inputs = lambda: select_arguments(  # noqa: E731 - built lazily, inside the guarded check
+            decoder_inputs(teacher, teacher_features, labels), accepted_arguments(teacher)
+        )
+        checks.append((teacher, lambda: teacher(**inputs())))
+    for model, call in checks:
+        try:
+            if not head_reproduces_logits(model, call):
+                return False
+        except Exception as error:  # noqa: BLE001 - any failure means "not understood": fall back, don't crash
+            logger.info(
+                f"The memory-efficient loss could not check {type(unwrap_peft(model)).__name__}'s LM head "
+                f"({type(error).__name__}: {error}); using the logits path. Set kd_chunk_size=0 to skip the check."
+            )
+            return None
+    return True

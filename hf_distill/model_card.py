@@ -239,8 +239,14 @@ def _template() -> jinja2.Template:
     return env.from_string(text)
 
 
-def render_body(lineage: Lineage, policy: LicenseDecision, repo_id: str) -> str:
-    """The card's Markdown body (title, then the hf_distill section between its markers)."""
+def render_body(
+    lineage: Lineage, policy: LicenseDecision, repo_id: str, local_finetuned_from: str | None = None
+) -> str:
+    """The card's Markdown body (title, then the hf_distill section between its markers).
+
+    `local_finetuned_from` is the folder name (never the path) of a local checkpoint the user says the student was
+    fine-tuned from: shown in the lineage table, as it cannot be a `base_model`.
+    """
     teacher = lineage.teacher
     return _template().render(
         model_name=repo_id.split("/")[-1],
@@ -258,6 +264,7 @@ def render_body(lineage: Lineage, policy: LicenseDecision, repo_id: str) -> str:
         data_text=_data_text(lineage),
         versions_text=", ".join(f"{k} {v}" for k, v in lineage.versions.items() if v),
         kept=_kept(lineage.evaluation),
+        local_finetuned_from=local_finetuned_from,
         section_start=SECTION_START,
         section_end=SECTION_END,
     )
@@ -293,16 +300,22 @@ def _merge_metadata(existing: dict[str, Any], ours: dict[str, Any]) -> dict[str,
 
 
 def render_card(
-    lineage: Lineage, policy: LicenseDecision, repo_id: str, existing: str | None = None, **metadata_options: Any
+    lineage: Lineage,
+    policy: LicenseDecision,
+    repo_id: str,
+    existing: str | None = None,
+    local_finetuned_from: str | None = None,
+    **metadata_options: Any,
 ) -> str:
-    """The full README.md: front matter and body; merged into `existing` when there is one.
+    """The full README.md: front matter and body; merged into `existing` when there is one. `metadata_options` go to
+    `card_metadata`; `local_finetuned_from` to `render_body`.
 
     An existing README keeps its own metadata (hf_distill's keys are replaced, tags and datasets are joined) and its
     own text; the hf_distill section replaces the one between the markers of an earlier render, or is appended.
     A generated placeholder card (transformers'/peft's defaults) is replaced.
     """
     meta = card_metadata(lineage, policy, repo_id, **metadata_options)
-    body = render_body(lineage, policy, repo_id)
+    body = render_body(lineage, policy, repo_id, local_finetuned_from)
     if existing:
         old_meta, old_body = split_card(existing)
         meta = _merge_metadata(old_meta, meta)

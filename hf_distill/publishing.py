@@ -7,13 +7,15 @@ import os
 from typing import Any
 
 from huggingface_hub import HfApi, get_token
-from transformers.trainer_utils import HubStrategy
+from transformers.trainer_utils import HubStrategy, SaveStrategy
 from transformers.utils import PushInProgress
 
 from .adapters import is_peft_model, merged_copy
+from .atomic import write_text
 from .comparison import compare_with_teacher
 from .config import distillation_setting
 from .hub import TRAINING_STATE, PushOptions, folder_card, license_decision, push_folder
+from .licenses import LicenseDecision
 from .lineage import Lineage, build_lineage, dataset_records
 from .logs import get_logger
 from .provenance import local_folder, weights_bytes
@@ -34,9 +36,10 @@ class PublishingMixin:
     # ---- saving: the adapter (or the merged model on request) and the lineage record, never the teacher ----
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        # Checkpoints (`_internal_call`) always hold the adapter, so that training can resume from them.
+        # Checkpoints (`_internal_call` from the training loop) always hold the adapter, so that training can resume
+        # from them; the save `push_to_hub` makes is internal (no second push) but final (merged on request).
         self._merge_on_save = (
-            not _internal_call
+            (not _internal_call or getattr(self, "_saving_for_push", False))
             and distillation_setting(self.args, "merge_adapter_on_save")
             and is_peft_model(self.accelerator.unwrap_model(self.model))
         )
@@ -108,7 +111,10 @@ class PublishingMixin:
     def _push_options(self, kwargs: dict[str, Any]) -> PushOptions:
         for name in _IGNORED_CARD_ARGUMENTS:
             kwargs.pop(name, None)
-        datasets = [*_as_list(kwargs.pop("dataset", None)), *_as_list(kwargs.pop("dataset_tags", None))]
+        # As Trainer's card: `dataset_tags` are the Hub dataset ids; `dataset` (a display name such as
+        # "wikitext wikitext-2-raw-v1" in the example scripts) stands in for them only when none are given.
+        tags, named = _as_list(kwargs.pop("dataset_tags", None)), _as_list(kwargs.pop("dataset", None))
+        datasets = tags or named
         defaults = {
             name: distillation_setting(self.args, name)
             for name in ("acknowledge_teacher_license", "override_name_prefix")
@@ -132,6 +138,12 @@ class PublishingMixin:
         found += [getattr(getattr(m, "config", None), "_name_or_path", None) for m in models]
         return [p for p in found if p and os.path.isabs(p)] + [os.path.abspath(self.args.output_dir)]
 
+    def _hub_client(self) -> HfApi:
+        # One client for the whole run: its non-blocking commits run one after another, in the order they were made.
+        if getattr(self, "_hub_api", None) is None:
+            self._hub_api = HfApi()
+        return self._hub_api
+
     def _push(self, folder: str, options: PushOptions, token: str | None, **push_arguments: Any) -> Any:
         teacher = self.teacher_model
         return push_folder(
@@ -143,24 +155,84 @@ class PublishingMixin:
             local_paths=self._local_paths(),
             card_folder=self.args.output_dir,
             token=token or get_token(),
+            api=self._hub_client(),
             **push_arguments,
         )
 
-    def create_model_card(self, **kwargs: Any) -> None:
-        """Write the student's card (lineage, license duties, teacher vs student) to `output_dir/README.md`, merged
-        into an existing README. Takes the card arguments of `push_to_hub`."""
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Name the repository the pushes go to (`self.hub_model_id`, with its namespace) without creating it: the
+        first push creates it, after the teacher's license, the card and the files have been checked, so that a
+        refused push leaves no empty repository behind. `Trainer.__init__` calls this when `args.push_to_hub`."""
         if not self.is_world_process_zero():
             return
-        options = self._push_options(dict(kwargs))
+        token = token if token is not None else self.args.hub_token
+        self.hub_model_id = self._repo_id(token or get_token())
+        self._hub_private = private  # used when the first push creates the repository
+        self.push_in_progress = None
+
+    def _private(self, private: bool | None) -> bool | None:
+        for choice in (private, getattr(self, "_hub_private", None)):
+            if choice is not None:
+                return choice
+        return self.args.hub_private_repo
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write the student's card (lineage, license duties, teacher vs student) to `output_dir/README.md`, merged
+        into an existing README (the text outside hf_distill's markers is kept). Publishes nothing.
+
+        Takes `Trainer.create_model_card`'s arguments (`tasks`, `dataset_args` and `model_name` are accepted and not
+        used: the card's title is the repository name) plus `acknowledge_teacher_license` and
+        `override_name_prefix`. It does not refuse what only a push refuses: an unknown teacher license, or terms a
+        push would need acknowledged, are said in the card (as not yet cleared for publishing) and in one warning.
+        A `finetuned_from` that is a local folder is recorded by its folder name, never its path.
+        """
+        if not self.is_world_process_zero():
+            return
+        options = self._push_options(
+            {
+                "language": language,
+                "license": license,
+                "tags": tags,
+                "finetuned_from": finetuned_from,
+                "dataset_tags": dataset_tags,
+                "dataset": dataset,
+                **kwargs,
+            }
+        )
         repo_id = self._repo_id(self.args.hub_token, with_namespace=False)  # offline: the name is enough here
         record = self.lineage()
-        policy = license_decision(record, repo_id, options)
+        policy = license_decision(record, repo_id, options, strict=False)
+        if policy.pending:
+            logger.warning(
+                f"The model card in {self.args.output_dir} says what a push would still need: "
+                + " ".join(policy.pending)
+            )
         folder = self.args.output_dir
         adapter = os.path.isfile(os.path.join(folder, "adapter_config.json"))
         card = folder_card(record, policy, repo_id, options, folder, adapter)
-        path = os.path.join(folder, "README.md")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(card)
+        os.makedirs(folder, exist_ok=True)
+        write_text(os.path.join(folder, "README.md"), card)  # atomic: the user's README is never left half-written
+
+    def push_license_decision(self, **kwargs: Any) -> LicenseDecision:
+        """What the teacher's license terms decide for a push of this student with the card arguments `kwargs`
+        (those of `push_to_hub`), without pushing.
+
+        Raises:
+            `LicensePolicyError`: what the push would refuse, and the option that lifts it.
+        """
+        return license_decision(self.lineage(), self._repo_id(self.args.hub_token, False), self._push_options(kwargs))
 
     def push_to_hub(
         self,
@@ -172,17 +244,20 @@ class PublishingMixin:
         **kwargs: Any,
     ) -> Any:
         """Save the student and push it with its card, lineage record, NOTICE and the teacher's license files, in
-        one commit to `args.hub_model_id` (default: the output folder's name).
+        one commit to `args.hub_model_id` (default: the output folder's name). Exactly one commit also with
+        `args.push_to_hub=True`, and also when `save_model()` is what calls it.
 
         Nothing is uploaded, and the repository is not created, when the teacher's license terms refuse the push,
-        a file to be pushed holds a local path or the token, or the Hub rejects the card's metadata.
+        a file to be pushed holds a local path or the token, or the Hub rejects the card's metadata. Nothing is
+        written into `output_dir` by the push itself (its README.md is merged into the pushed card, not rewritten).
 
         Args:
             commit_message (`str`, *optional*, defaults to `"End of training"`): the commit's title.
             blocking (`bool`, *optional*, defaults to `True`): wait for the upload.
             token (`str`, *optional*): defaults to `args.hub_token`, then the saved token.
             revision (`str`, *optional*): branch to commit to; defaults to `args.hub_revision`.
-            private (`bool`, *optional*): visibility when the repository is created.
+            private (`bool`, *optional*): visibility when the repository is created; defaults to
+                `args.hub_private_repo`.
             license (`str`, *optional*): the student's license; defaults to the teacher's when its terms carry over.
             finetuned_from (`str`, *optional*): Hub id for `base_model`; defaults to the student's initialisation.
             tags, language, dataset: added to the card's metadata.
@@ -193,7 +268,13 @@ class PublishingMixin:
         """
         options = self._push_options(kwargs)
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        self.save_model()  # every process: sharded states gather; the merged model when merge_adapter_on_save
+        # Every process saves (sharded states gather; the merged model when merge_adapter_on_save). As an internal
+        # call, so that `Trainer.save_model` does not push again when args.push_to_hub is set (it would recurse).
+        self._saving_for_push = True
+        try:
+            self.save_model(_internal_call=True)
+        finally:
+            self._saving_for_push = False
         if not self.is_world_process_zero():
             return None
         self._finish_current_push()
@@ -204,7 +285,7 @@ class PublishingMixin:
             token,
             commit_message=commit_message or "End of training",
             revision=revision or self.args.hub_revision,
-            private=private,
+            private=self._private(private),
             blocking=blocking,
         )
 
@@ -219,6 +300,10 @@ class PublishingMixin:
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         with_state = strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS)
         name = "last-checkpoint" if strategy == HubStrategy.CHECKPOINT else os.path.basename(checkpoint_folder)
+        if self.args.save_strategy == SaveStrategy.STEPS:  # the Trainer's commit titles
+            message = f"Training in progress, step {self.state.global_step}"
+        else:
+            message = f"Training in progress, epoch {int(self.state.epoch)}"
         future = self._push(
             checkpoint_folder,
             self._push_options({}),
@@ -226,8 +311,9 @@ class PublishingMixin:
             skip=TRAINING_STATE,
             checkpoint_folder=checkpoint_folder if with_state else None,
             checkpoint_name=name,
-            commit_message=f"Training in progress, step {self.state.global_step}",
+            commit_message=message,
             revision=self.args.hub_revision,
+            private=self._private(None),
             blocking=False,
         )
         if self.push_in_progress is None or self.push_in_progress.is_done():

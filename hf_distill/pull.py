@@ -1,20 +1,34 @@
 """Reading a student's lineage back: from a Hub repo at any revision (the card's `distillation:` block, else
 `distillation_lineage.json`) or a saved folder, following the teacher up the chain while the teacher is itself a
-distilled student."""
+distilled student.
+
+What is read is untrusted: the walk is iterative and capped (`max_depth`), a teacher name that is not a Hub repo id
+ends the chain with a note, card front matter is parsed without YAML aliases (a "billion laughs" card is refused
+instead of expanded), lineage files and cards over `MAX_LINEAGE_BYTES` are refused before they are read, and
+`PulledLineage.format` escapes control characters so that a record cannot send escape sequences to a terminal.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
 from huggingface_hub import HfApi, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+from huggingface_hub.utils import validate_repo_id
 
 from .lineage import LINEAGE_FILE, Lineage, LineageError
-from .model_card import split_card
 from .provenance import is_commit_sha, is_local
+from .terminal import printable
+
+DEFAULT_MAX_DEPTH = 64
+# A lineage record is a few kB; a card with one is tens of kB. Anything far larger is not one of ours.
+MAX_LINEAGE_BYTES = 1 << 20
+_FRONT_MATTER = re.compile(r"\A---\s*\n(.*?\n)---\s*\n?", re.DOTALL)
 
 
 class LineageNotFoundError(ValueError):
@@ -48,16 +62,20 @@ class PulledLineage:
         return found
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "repo": self.repo,
-            "revision": self.revision,
-            "lineage": self.record.to_dict(),
-            "teacher": None if self.teacher is None else self.teacher.to_dict(),
-            "teacher_note": self.teacher_note,
-        }
+        """The chain as nested dicts (`teacher` holds the teacher's), built without recursion."""
+        nested = None
+        for node in reversed(self.chain()):
+            nested = {
+                "repo": node.repo,
+                "revision": node.revision,
+                "lineage": node.record.to_dict(),
+                "teacher": nested,
+                "teacher_note": node.teacher_note,
+            }
+        return nested
 
     def format(self) -> str:
-        """The chain as a readable tree, student first."""
+        """The chain as a readable tree, student first, with control characters escaped (safe to print)."""
         lines = []
         for depth, node in enumerate(self.chain()):
             pad = "   " * depth + ("└─ " if depth else "")
@@ -68,7 +86,7 @@ class PulledLineage:
                 where = teacher.get("revision") or teacher.get("weights_sha256") or "unpinned"
                 note = f" ({node.teacher_note})" if node.teacher_note else ""
                 lines.append(f"{'   ' * (depth + 1)}└─ {teacher.get('name')} @ {str(where)[:12]}{note}")
-        return "\n".join(lines)
+        return "\n".join(printable(line, newlines=False) for line in lines)
 
 
 def _describe(record: Lineage) -> str:
@@ -89,15 +107,64 @@ def _from_metadata(metadata: dict[str, Any] | None, where: str) -> Lineage | Non
         raise
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses aliases (`*name`): with them a few hundred bytes can stand for billions of
+    nodes (the "billion laughs" card); card metadata never needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not accepted in card metadata", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def _read_capped(path: str, what: str) -> str:
+    size = os.path.getsize(path)
+    if size > MAX_LINEAGE_BYTES:
+        raise LineageError([(what, f"{size} bytes, over the {MAX_LINEAGE_BYTES}-byte limit for lineage metadata")])
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read(MAX_LINEAGE_BYTES + 1)
+
+
+def front_matter(text: str, where: str = "README.md") -> dict[str, Any]:
+    """The YAML front matter of a card, parsed without aliases; `{}` when there is none.
+
+    Raises:
+        `LineageError`: the front matter is not YAML, uses aliases, or is not a mapping.
+    """
+    match = _FRONT_MATTER.match(text)
+    if not match:
+        return {}
+    try:
+        metadata = yaml.load(match.group(1), Loader=_NoAliasLoader) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 2}, column {mark.column + 1}" if mark is not None else ""
+        raise LineageError([(f"{where} front matter", f"{getattr(error, 'problem', None) or error}{at}")]) from None
+    if not isinstance(metadata, dict):
+        raise LineageError([(f"{where} front matter", f"not a mapping (got {type(metadata).__name__})")])
+    return metadata
+
+
+def _load_json(path: str, what: str) -> Lineage:
+    try:
+        data = json.loads(_read_capped(path, what))
+    except json.JSONDecodeError as error:
+        raise LineageError([(what, f"not JSON ({error})")]) from None
+    return Lineage.from_dict(data)
+
+
 def _read_local(folder: str) -> Lineage:
     readme = os.path.join(folder, "README.md")
     if os.path.isfile(readme):
-        with open(readme, encoding="utf-8") as f:
-            record = _from_metadata(split_card(f.read())[0], f"{readme} (distillation metadata)")
+        metadata = front_matter(_read_capped(readme, readme), readme)
+        record = _from_metadata(metadata, f"{readme} (distillation metadata)")
         if record is not None:
             return record
     if os.path.isfile(os.path.join(folder, LINEAGE_FILE)):
-        return Lineage.load(folder)
+        return _load_json(os.path.join(folder, LINEAGE_FILE), os.path.join(folder, LINEAGE_FILE))
     raise LineageNotFoundError(
         f"{folder} has no distillation lineage (no `distillation:` block in README.md, no {LINEAGE_FILE})."
     )
@@ -108,20 +175,32 @@ def _read_hub(repo_id: str, revision: str | None, token: str | None) -> tuple[Li
     metadata = info.card_data.to_dict() if info.card_data is not None else None
     record = _from_metadata(metadata, f"{repo_id}@{info.sha} README.md (distillation metadata)")
     if record is None:
-        try:
-            path = hf_hub_download(repo_id, LINEAGE_FILE, revision=info.sha, token=token)
-        except EntryNotFoundError:
+        where = f"{repo_id}@{info.sha} {LINEAGE_FILE}"
+        entries = HfApi(token=token).get_paths_info(repo_id, [LINEAGE_FILE], revision=info.sha)
+        if not entries:
             raise LineageNotFoundError(
                 f"{repo_id}@{info.sha} carries no distillation lineage (no `distillation:` card metadata and no "
                 f"{LINEAGE_FILE}); it was not pushed by hf_distill."
-            ) from None
-        with open(path, encoding="utf-8") as f:
-            record = Lineage.from_dict(json.load(f))
+            )
+        size = getattr(entries[0], "size", None) or 0
+        if size > MAX_LINEAGE_BYTES:  # refused before it is downloaded
+            raise LineageError(
+                [(where, f"{size} bytes, over the {MAX_LINEAGE_BYTES}-byte limit for lineage metadata")]
+            )
+        try:
+            path = hf_hub_download(repo_id, LINEAGE_FILE, revision=info.sha, token=token)
+        except EntryNotFoundError:
+            raise LineageNotFoundError(f"{where} is missing; it was not pushed by hf_distill.") from None
+        record = _load_json(path, where)
     return record, info.sha
 
 
 def read_lineage(
-    repo_id_or_path: str, revision: str | None = None, follow_teachers: bool = True, token: str | None = None
+    repo_id_or_path: str,
+    revision: str | None = None,
+    follow_teachers: bool = True,
+    token: str | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> PulledLineage:
     """The lineage of a distilled student, pushed to the Hub or saved locally, and of its teachers up the chain.
 
@@ -131,43 +210,61 @@ def read_lineage(
         follow_teachers (`bool`, *optional*, defaults to `True`): read the teacher's lineage too, at the commit the
             student pinned, while the teacher is itself a distilled student.
         token (`str`, *optional*): for private repositories.
+        max_depth (`int`, *optional*, defaults to 64): the most distilled models read, this one included; the last
+            one read gets a `teacher_note` saying that the walk stopped there.
 
     Raises:
-        `LineageNotFoundError`: the model has no lineage. `LineageError`: malformed metadata; it names the field and
-        carries the readable rest as `.lineage`.
+        `LineageNotFoundError`: the model has no lineage. `LineageError`: malformed metadata (or a card or lineage
+        file over `MAX_LINEAGE_BYTES`, or card YAML with aliases); it names the field and carries the readable rest
+        as `.lineage`.
     """
+    if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
+        raise ValueError(f"max_depth={max_depth!r}; use an integer >= 1 (the models read, this one included).")
     if is_local(repo_id_or_path):
         node = PulledLineage(os.path.basename(os.path.normpath(repo_id_or_path)), None, _read_local(repo_id_or_path))
     else:
         record, sha = _read_hub(repo_id_or_path, revision, token)
         node = PulledLineage(repo_id_or_path, sha, record)
     if follow_teachers:
-        _follow(node, {(node.repo, node.revision)}, token)
+        _follow(node, token, max_depth)
     return node
 
 
-def _follow(node: PulledLineage, seen: set[tuple[str, str | None]], token: str | None) -> None:
-    teacher = node.record.teacher or {}
-    if teacher.get("source") != "hub":
-        node.teacher_note = f"{teacher.get('source', 'unknown')} teacher: not on the Hub"
-        return
-    if not is_commit_sha(teacher.get("revision")):
-        node.teacher_note = "teacher revision unresolved"
-        return
-    key = (teacher["name"], teacher["revision"])
-    if key in seen:
-        node.teacher_note = "cycle in the lineage"
-        return
-    try:
-        record, sha = _read_hub(teacher["name"], teacher["revision"], token)
-    except LineageNotFoundError:
-        node.teacher_note = "not a distilled model"
-        return
-    except LineageError as error:
-        node.teacher_note = f"its lineage is malformed: {error}"
-        return
-    except (RepositoryNotFoundError, HfHubHTTPError, OSError) as error:
-        node.teacher_note = f"could not be read ({type(error).__name__})"
-        return
-    node.teacher = PulledLineage(teacher["name"], sha, record)
-    _follow(node.teacher, seen | {key}, token)
+def _follow(node: PulledLineage, token: str | None, max_depth: int) -> None:
+    """Walk up the teachers one at a time (no recursion: a long chain cannot exhaust the stack)."""
+    seen = {(node.repo, node.revision)}
+    for depth in range(1, max_depth + 1):
+        teacher = node.record.teacher or {}
+        if teacher.get("source") != "hub":
+            node.teacher_note = f"{teacher.get('source', 'unknown')} teacher: not on the Hub"
+            return
+        name = teacher.get("name")
+        try:
+            validate_repo_id(name)
+        except (HFValidationError, TypeError, ValueError):
+            node.teacher_note = f"teacher name {name!r} is not a Hub repo id; not followed"
+            return
+        if not is_commit_sha(teacher.get("revision")):
+            node.teacher_note = "teacher revision unresolved"
+            return
+        key = (name, teacher["revision"])
+        if key in seen:
+            node.teacher_note = "cycle in the lineage"
+            return
+        if depth == max_depth:
+            node.teacher_note = f"not followed: read_lineage stops after max_depth={max_depth} models"
+            return
+        try:
+            record, sha = _read_hub(name, teacher["revision"], token)
+        except LineageNotFoundError:
+            node.teacher_note = "not a distilled model"
+            return
+        except LineageError as error:
+            node.teacher_note = f"its lineage is malformed: {error}"
+            return
+        except (RepositoryNotFoundError, HfHubHTTPError, OSError) as error:
+            node.teacher_note = f"could not be read ({type(error).__name__})"
+            return
+        seen.add(key)
+        node.teacher = PulledLineage(name, sha, record)
+        node = node.teacher

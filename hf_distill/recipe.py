@@ -1,23 +1,38 @@
 """The YAML recipe behind `hf-distill train CONFIG.yaml`: which teacher, which student (and its adapters), which data,
 which arguments.
 
-Unknown keys raise, naming the key and where it was, so a typo never silently falls back to a default.
+Unknown keys raise, naming the key and where it was, so a typo never silently falls back to a default. Every value is
+read the way `HfArgumentParser` reads the same field from the command line (TRL's CLI does the same with its YAML
+configs), so `learning_rate: fast` or `layers: '0,2'` is refused naming the field, before any model is loaded.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import functools
+import math
+import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from peft import PeftConfig
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
+from . import assets
 from .config import DistillationConfig
 
 TASKS = ("causal_lm", "sequence_classification")
 STUDENT_INITS = ("teacher_layers", "pretrained")
+LOGPROB_DTYPES = ("float32", "float16", "uint8")
+
+
+class RecipeError(ValueError):
+    """A recipe the CLI refuses, in one line that starts with the recipe's path."""
 
 
 @dataclass
@@ -45,7 +60,7 @@ class DataSpec:
 
     text_file: str | None = None  # path or packaged:<name>; the text is split into `block_size`-token blocks
     dataset: str | None = None  # for `datasets.load_dataset`: a local folder, a format name (csv/json) or a Hub id
-    data_files: str | list[str] | None = None
+    data_files: list[str] | None = None  # a single path may be given as a string
     split: str = "train"
     text_column: str = "text"
     label_column: str = "label"
@@ -101,7 +116,8 @@ class Recipe:
     generate: GenerateSpec | None = None
 
     def training_arguments(self) -> DistillationConfig:
-        return DistillationConfig(**self.args)
+        """The `args:` section as `DistillationConfig`, parsed by `HfArgumentParser` (unknown keys raise)."""
+        return HfArgumentParser(DistillationConfig).parse_dict(self.args, allow_extra_keys=False)[0]
 
     def peft_config(self) -> PeftConfig | None:
         """The `peft:` section as a peft config (`peft_type: LORA` plus that config's own fields), or `None`."""
@@ -137,7 +153,98 @@ def _build(cls: type, values: dict[str, Any] | None, where: str) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"Unknown key(s) {', '.join(unknown)} in `{where}`; valid keys: {', '.join(sorted(known))}.")
-    return cls(**values)
+    return cls(**typed_values(cls, values, where))
+
+
+@functools.cache
+def _field_actions(cls: type) -> dict[str, argparse.Action]:
+    """`--name` -> the argparse action `HfArgumentParser` builds for each field of `cls` (type, nargs, choices)."""
+    parser = HfArgumentParser(cls)
+    return {f.name: parser._option_string_actions[f"--{f.name}"] for f in dataclasses.fields(cls) if f.init}
+
+
+@functools.cache
+def _optional_fields(cls: type) -> frozenset[str]:
+    hints = typing.get_type_hints(cls)
+    return frozenset(name for name, hint in hints.items() if type(None) in typing.get_args(hint))
+
+
+# List fields where one value may be written without brackets (`data_files: train.csv`).
+_SCALAR_LISTS = {"data_files"}
+
+
+def typed_values(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`values` with each one converted as `HfArgumentParser` converts the same field given as `--name value`
+    (strings are parsed by the field's type; YAML numbers, booleans and lists are checked against it).
+
+    Raises:
+        `ValueError` naming `where.name`, the value and what the field takes.
+    """
+    actions, optional = _field_actions(cls), _optional_fields(cls)
+    return {
+        name: _convert(actions[name], value, f"{where}.{name}", name in optional, name in _SCALAR_LISTS)
+        if name in actions
+        else value
+        for name, value in values.items()
+    }
+
+
+def _convert(action: argparse.Action, value: Any, name: str, optional: bool, scalar_list: bool) -> Any:
+    if value is None:
+        if optional or action.default is None:
+            return None
+        raise ValueError(f"{name} is empty; give it a value (default {action.default!r}) or remove the key.")
+    if action.nargs in ("+", "*"):
+        if scalar_list and isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(f"{name}={value!r} is not a list; write a YAML list, e.g. [0, 2].")
+        return [_convert_one(action, item, f"{name}[{i}]") for i, item in enumerate(value)]
+    return _convert_one(action, value, name)
+
+
+def _convert_one(action: argparse.Action, value: Any, name: str) -> Any:
+    kind = action.type
+    if kind is string_to_bool:
+        if isinstance(value, str):  # as on the command line: yes/no/true/false/1/0
+            try:
+                return string_to_bool(value)
+            except argparse.ArgumentTypeError:
+                pass
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{name}={value!r} is not a boolean; use true or false.")
+    if kind in (int, float):
+        number = _number(value, kind)
+        if number is None:
+            example = "a whole number, e.g. 64" if kind is int else "a number, e.g. 5.0e-4"
+            raise ValueError(f"{name}={value!r} is not {'an integer' if kind is int else 'a number'}; use {example}.")
+        value = number
+    elif isinstance(value, str) and kind is not None:
+        try:
+            value = kind(value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+            raise ValueError(f"{name}={value!r}: {error}") from None
+    if action.choices and isinstance(value, (str, int)) and value not in action.choices:
+        raise ValueError(f"{name}={value!r}; use one of {', '.join(map(str, action.choices))}.")
+    return value
+
+
+def _number(value: Any, kind: type) -> int | float | None:
+    """`value` as `kind`, or `None`: bools are not numbers, 1.5 is not an int, nan and inf are refused. Strings are
+    parsed, because YAML 1.1 reads `1e-4` (no dot) as a string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = kind(value)
+        except ValueError:
+            return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if kind is float and isinstance(value, (int, float)):
+        return float(value)
+    return value if kind is int and isinstance(value, int) else None
 
 
 def _apply_override(raw: dict[str, Any], dotted: str, value: str) -> None:
@@ -150,16 +257,6 @@ def _apply_override(raw: dict[str, Any], dotted: str, value: str) -> None:
         raw["task"] = parsed
     else:
         raw.setdefault("args", {})[dotted] = parsed
-
-
-def _coerce_number(value: Any, default: Any) -> Any:
-    # YAML 1.1 reads `1e-4` (no dot) as a string; a numeric field must still get a number.
-    if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
-        try:
-            return type(default)(value) if isinstance(default, float) else int(value)
-        except ValueError:
-            return value  # let DistillationConfig report it
-    return value
 
 
 def parse_overrides(tokens: list[str]) -> list[tuple[str, str]]:
@@ -211,14 +308,111 @@ def _check_offline(path: str, recipe: Recipe) -> None:
         raise ValueError(f"{path}: set exactly one of `data.text_file` and `data.dataset`.")
 
 
-def load_recipe(path: str, overrides: list[tuple[str, str]] | None = None) -> Recipe:
-    """Read a recipe YAML, apply `--field value` overrides, and validate every key.
+def _read_yaml(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ValueError("no such file.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot be read ({error}).") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"YAML syntax error{where}: {problem}.") from None
 
-    The `args` section is validated against `DistillationConfig` (any `TrainingArguments` field plus the
-    distillation fields); other sections against their dataclasses above.
+
+# (section, field): the smallest value allowed. Sizes and counts must be positive; top_k 0 means "no top-k".
+_MINIMUMS = {
+    ("data", "block_size"): 1,
+    ("data", "max_length"): 1,
+    ("data", "max_train_examples"): 1,
+    ("cache", "k"): 1,
+    ("cache", "batch_size"): 1,
+    ("cache", "shard_size"): 1,
+    ("generate", "max_new_tokens"): 1,
+    ("generate", "batch_size"): 1,
+    ("generate", "max_prompts"): 1,
+    ("generate", "cache_top_k"): 1,
+    ("generate", "top_k"): 0,
+    ("student", "layers"): 0,
+}
+# (section, field): (low, high, whether high is allowed); low is always excluded.
+_RANGES = {
+    ("data", "eval_fraction"): (0.0, 1.0, False),
+    ("generate", "top_p"): (0.0, 1.0, True),
+    ("cache", "temperature"): (0.0, math.inf, False),
+    ("generate", "temperature"): (0.0, math.inf, False),
+    ("generate", "cache_temperature"): (0.0, math.inf, False),
+}
+
+
+_ARG_MINIMUMS = {
+    "per_device_train_batch_size": 1,
+    "per_device_eval_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "save_steps": 1,
+    "eval_steps": 1,
+    "learning_rate": 0.0,
+    "num_train_epochs": 0.0,
+}
+
+
+def _check_ranges(recipe: Recipe) -> None:
+    for (section, name), low in _MINIMUMS.items():
+        spec = getattr(recipe, section)
+        value = getattr(spec, name) if spec is not None else None
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and item < low:
+                what = "a layer index >= 0" if name == "layers" else f"an integer >= {low}"
+                raise ValueError(f"{section}.{name}={value!r}; use {what}.")
+    for (section, name), (low, high, high_ok) in _RANGES.items():
+        spec = getattr(recipe, section)
+        value = getattr(spec, name) if spec is not None else None
+        if value is not None and not (low < value < high or (high_ok and value == high)):
+            bound = f"{high:g}]" if high_ok else (f"{high:g})" if math.isfinite(high) else "inf)")
+            raise ValueError(f"{section}.{name}={value!r} is out of range; use a value in ({low:g}, {bound}.")
+    for name, low in _ARG_MINIMUMS.items():  # TrainingArguments accepts these and fails only in the first step
+        value = recipe.args.get(name)
+        if value is not None and value < low:
+            raise ValueError(f"args.{name}={value!r}; use {'an integer' if low == 1 else 'a number'} >= {low}.")
+    for section in ("cache", "generate"):
+        spec = getattr(recipe, section)
+        if spec is not None and spec.logprob_dtype not in LOGPROB_DTYPES:
+            raise ValueError(
+                f"{section}.logprob_dtype={spec.logprob_dtype!r}; use one of {', '.join(LOGPROB_DTYPES)}."
+            )
+
+
+def load_recipe(path: str, overrides: list[tuple[str, str]] | None = None) -> Recipe:
+    """Read a recipe YAML, apply `--field value` overrides, and validate every key and value.
+
+    The `args` section is parsed by `HfArgumentParser` into `DistillationConfig` (any `TrainingArguments` field plus
+    the distillation fields); other sections are read into their dataclasses above with the same conversions.
+    Nothing is loaded: see `check_recipe_files` for the files and folders it names.
+
+    Raises:
+        `RecipeError` (a `ValueError`): one line, `"<path>: <what is wrong and how to fix it>"`.
     """
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    try:
+        return _load_recipe(path, overrides)
+    except RecipeError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise RecipeError(_one_line(path, error)) from error
+
+
+def _one_line(path: str, error: Exception) -> str:
+    message = " ".join(str(error).split())
+    return message if message.startswith(f"{path}:") else f"{path}: {message}"
+
+
+def _load_recipe(path: str, overrides: list[tuple[str, str]] | None) -> Recipe:
+    raw = _read_yaml(path)
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: the top level must be a mapping.")
     for key, value in overrides or []:
@@ -240,9 +434,7 @@ def load_recipe(path: str, overrides: list[tuple[str, str]] | None = None) -> Re
             f"{path}: unknown key(s) {', '.join(unknown)} in `args`; they must be DistillationConfig / "
             "TrainingArguments fields."
         )
-    args = {
-        key: _coerce_number(value, DistillationConfig.__dataclass_fields__[key].default) for key, value in args.items()
-    }
+    args = typed_values(DistillationConfig, args, "args")
     recipe = Recipe(
         task=task,
         args=args,
@@ -251,6 +443,11 @@ def load_recipe(path: str, overrides: list[tuple[str, str]] | None = None) -> Re
         **{name: _build(cls, raw[name], name) for name, cls in _OFFLINE_SECTIONS.items() if name in raw},
     )
     recipe.peft_config()  # validates the section
+    _check_ranges(recipe)
+    try:
+        recipe.training_arguments()  # DistillationConfig's own checks (distillation fields, TrainingArguments')
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"args: {error}") from None
     if not recipe.teacher.model_name_or_path:
         raise ValueError(f"{path}: `teacher.model_name_or_path` is required.")
     if "student" not in raw and (recipe.cache or recipe.generate):  # cache-teacher / generate need no student
@@ -266,3 +463,63 @@ def load_recipe(path: str, overrides: list[tuple[str, str]] | None = None) -> Re
     if (recipe.data.text_file is None) == (recipe.data.dataset is None):
         raise ValueError(f"{path}: set exactly one of `data.text_file` and `data.dataset`.")
     return recipe
+
+
+def _looks_local(name: str) -> bool:
+    # A Hub id is `name` or `namespace/name`; anything that starts like a path, or exists, is a path.
+    return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") > 1
+
+
+def _check_model(name: str | None, where: str) -> None:
+    if not name:
+        return
+    if assets.is_packaged(name):
+        try:
+            assets.packaged_model_info(name)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+    elif _looks_local(name) and not os.path.isdir(os.path.expanduser(name)):
+        raise ValueError(f"{where}={name!r}: no such folder; give a saved model's folder or a Hub id.")
+
+
+def _check_file(name: str | None, where: str, folder_ok: bool = False) -> None:
+    if not name or "://" in name or any(c in name for c in "*?["):  # URLs and globs are for `datasets` to resolve
+        return
+    path = os.path.expanduser(name)
+    if not (os.path.isfile(path) or (folder_ok and os.path.isdir(path))):
+        raise ValueError(f"{where}={name!r}: no such {'file or folder' if folder_ok else 'file'}.")
+
+
+def check_recipe_files(path: str, recipe: Recipe) -> None:
+    """Refuse a recipe that names a missing local file or folder (teacher, student, text, data files, teacher cache,
+    DeepSpeed config), before anything is loaded. Hub ids and packaged assets are left to their loaders (offline, a
+    Hub id may only be in the local cache).
+
+    Raises:
+        `RecipeError`: `"<path>: <field>='<value>': no such file."`.
+    """
+    try:
+        _check_model(recipe.teacher.model_name_or_path, "teacher.model_name_or_path")
+        _check_model(recipe.student.model_name_or_path, "student.model_name_or_path")
+        data = recipe.data
+        if data.text_file is not None:
+            if assets.is_packaged(data.text_file):
+                try:
+                    assets.packaged_text_path(data.text_file)
+                except (ValueError, OSError, ImportError) as error:
+                    raise ValueError(f"data.text_file: {error}") from None
+            else:
+                _check_file(data.text_file, "data.text_file")
+        for i, name in enumerate(data.data_files or []):
+            _check_file(name, f"data.data_files[{i}]")
+        if data.dataset is not None and _looks_local(data.dataset):
+            _check_file(data.dataset, "data.dataset", folder_ok=True)
+        cache = recipe.args.get("teacher_cache")
+        if isinstance(cache, str) and _looks_local(cache) and not os.path.isdir(os.path.expanduser(cache)):
+            raise ValueError(f"args.teacher_cache={cache!r}: no such folder; run `hf-distill cache-teacher` first.")
+        for name in ("teacher_deepspeed_config", "deepspeed"):
+            value = recipe.args.get(name)
+            if isinstance(value, str):
+                _check_file(value, f"args.{name}")
+    except ValueError as error:
+        raise RecipeError(_one_line(path, error)) from error

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from transformers import (
 
 from . import assets
 from .adapters import is_peft_model, require_bitsandbytes
+from .atomic import write_json
 from .data import causal_lm_datasets, classification_datasets
 from .licenses import LicensePolicyError
 from .logs import get_logger
@@ -177,10 +177,12 @@ def _write_card(trainer: DistillationTrainer) -> None:
     if trainer.args.push_to_hub:
         trainer.push_to_hub()
         return
-    try:
-        trainer.create_model_card()
-    except LicensePolicyError as error:  # the card would misstate the duties: say why there is none
+    try:  # create_model_card itself writes a card that says "not yet cleared"; the CLI writes none until it is
+        trainer.push_license_decision()
+    except LicensePolicyError as error:
         logger.warning(f"No model card written: {error}")
+        return
+    trainer.create_model_card()
 
 
 def plan_recipe(recipe: Recipe) -> MemoryPlan:
@@ -241,6 +243,5 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
         adapter_only = is_peft_model(student) and not args.merge_adapter_on_save
         loader = "peft's AutoPeftModel...from_pretrained" if adapter_only else "transformers' from_pretrained"
         print(f"\nStudent saved to {args.output_dir} (load it with {loader}).")
-        with open(os.path.join(args.output_dir, "distillation_results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(os.path.join(args.output_dir, "distillation_results.json"), results, indent=2)
     return results

@@ -1,5 +1,5 @@
-"""The teacher: loading, freezing, placing it beside the student, checking it speaks the student's vocabulary, and
-running it. Its output leaves this module as plain data (`TeacherOutput`)."""
+"""The teacher: loading, freezing, placing it beside the student, and running it (its vocabulary is checked in
+`hf_distill.vocabulary`). Its output leaves this module as plain data (`TeacherOutput`)."""
 
 from __future__ import annotations
 
@@ -18,15 +18,19 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
-    AutoTokenizer,
     PreTrainedModel,
 )
 
 from . import assets
 from .adapters import SHARED_BASE_TEACHER, base_head, is_peft_model
+from .label_mapping import apply_permutation
 from .placement import Placement, apply_placement
 from .provenance import is_commit_sha, record_source, source_of
 from .tasks import is_encoder_decoder, unwrap_peft
+
+# Set on the placed teacher by `teacher_setup`: whether its tokenizer was compared with the student's (`True`),
+# could not be (`False`), or the models read no token ids (`None`). The lineage records it.
+TOKENIZER_CHECKED_ATTRIBUTE = "_hf_distill_tokenizer_checked"
 
 # Which Auto class loads a teacher for a student of a given head, by the student class's name suffix.
 _AUTO_CLASS_BY_HEAD = {
@@ -109,17 +113,6 @@ def _adapter_config(path: str, revision: str | None = None) -> PeftConfig | None
     try:
         return PeftConfig.from_pretrained(path, revision=revision)
     except (OSError, ValueError):
-        return None
-
-
-def load_teacher_tokenizer(
-    name_or_path: str, trust_remote_code: bool = False, revision: str | None = None
-) -> Any | None:
-    """The teacher's tokenizer when it can be found next to its weights, else `None` (e.g. an image model)."""
-    path = assets.resolve_packaged_model(name_or_path) if assets.is_packaged(name_or_path) else name_or_path
-    try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
-    except (OSError, ValueError, KeyError):
         return None
 
 
@@ -215,69 +208,6 @@ def cast_teacher(teacher: nn.Module, dtype: torch.dtype) -> nn.Module:
     return teacher.to(dtype)
 
 
-def output_vocab_size(model: nn.Module) -> int | None:
-    """Rows of the model's output projection (its logits' last dimension), or `None` for models without one."""
-    model = unwrap_peft(model)
-    get_output = getattr(model, "get_output_embeddings", None)
-    head = get_output() if callable(get_output) else None
-    if head is not None and getattr(head, "weight", None) is not None:
-        return head.weight.shape[0]
-    return None
-
-
-def _first_difference(student_tokenizer: Any, teacher_tokenizer: Any) -> str | None:
-    student_vocab = {i: t for t, i in student_tokenizer.get_vocab().items()}
-    teacher_vocab = {i: t for t, i in teacher_tokenizer.get_vocab().items()}
-    for token_id in sorted(set(student_vocab) | set(teacher_vocab)):
-        s, t = student_vocab.get(token_id), teacher_vocab.get(token_id)
-        if s != t:
-            return f"token id {token_id} is {s!r} for the student but {t!r} for the teacher"
-    return None
-
-
-def shared_vocab_size(
-    student: nn.Module,
-    teacher: nn.Module,
-    student_tokenizer: Any | None = None,
-    teacher_tokenizer: Any | None = None,
-) -> int | None:
-    """Check that teacher and student predict over the same vocabulary; return the size to compare over.
-
-    Same-family models often pad their embedding matrices differently (Qwen2.5-0.5B: 151936 rows, 7B: 152064) while
-    sharing one tokenizer: the logits then differ only in never-used padding rows, and the divergence is taken over
-    the shared leading entries. Different tokenizers are refused, naming the first token that differs.
-
-    Returns:
-        `None` when the logits already match (or the models have no vocabulary, e.g. classifiers), else the number of
-        leading logit entries to compare.
-    """
-    student_size, teacher_size = output_vocab_size(student), output_vocab_size(teacher)
-    if student_size is None or teacher_size is None:
-        return None
-    student_tokenizer = getattr(student_tokenizer, "tokenizer", student_tokenizer)  # a processor holds one
-    teacher_tokenizer = getattr(teacher_tokenizer, "tokenizer", teacher_tokenizer)
-    if student_tokenizer is not None and teacher_tokenizer is not None:
-        difference = _first_difference(student_tokenizer, teacher_tokenizer)
-        if difference is not None:
-            raise ValueError(
-                f"The teacher's and the student's tokenizers differ: {difference}. Logit distillation needs one "
-                "tokenizer for both; pick a teacher and student of the same tokenizer family."
-            )
-        used = len(student_tokenizer)
-        if used > min(student_size, teacher_size):
-            raise ValueError(
-                f"The tokenizer has {used} tokens but the student's head has {student_size} rows and the teacher's "
-                f"{teacher_size}; resize the smaller model's embeddings to at least {used}."
-            )
-    elif student_size != teacher_size:
-        raise ValueError(
-            f"The student predicts over {student_size} tokens and the teacher over {teacher_size}, and without both "
-            "tokenizers it cannot be checked that they share one. Pass the student's tokenizer as "
-            "`processing_class` and the teacher's as `teacher_processing_class`."
-        )
-    return None if student_size == teacher_size else min(student_size, teacher_size)
-
-
 def model_logits(outputs: Any, who: str) -> torch.Tensor:
     """`outputs.logits` of a transformers `ModelOutput` or a plain dict, or a clear error."""
     if isinstance(outputs, dict) and outputs.get("logits") is not None:  # ModelOutput is a dict too
@@ -339,7 +269,7 @@ def run_teacher(
     home = next((v.device for v in teacher_inputs.values() if torch.is_tensor(v)), None)
     if device is not None:
         teacher_inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in teacher_inputs.items()}
-    logits = model_logits(teacher(**teacher_inputs), "teacher").detach()
+    logits = apply_permutation(teacher, model_logits(teacher(**teacher_inputs), "teacher").detach())
     return TeacherOutput(logits=logits if home is None else logits.to(home))
 
 

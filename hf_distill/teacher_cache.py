@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import write_json
 from .logs import get_logger
 
 logger = get_logger(__name__)
@@ -100,9 +101,7 @@ class CacheInfo:
 
     def save(self, folder: str) -> None:
         path = os.path.join(folder, CACHE_INFO_FILE)
-        with open(path + ".tmp", "w") as f:
-            json.dump(dataclasses.asdict(self), f, indent=2)
-        os.replace(path + ".tmp", path)  # a crash mid-write never leaves a half-written manifest
+        write_json(path, dataclasses.asdict(self), indent=2)  # a crash mid-write never leaves a half-written manifest
 
     @classmethod
     def load(cls, folder: str) -> CacheInfo:
@@ -115,7 +114,29 @@ class CacheInfo:
             raise ValueError(
                 f"{path}: format_version={data.get('format_version')!r}; this hf_distill reads {FORMAT_VERSION}."
             )
-        return cls(**{**data, "fingerprint": CacheFingerprint(**data["fingerprint"])})
+        info = cls(**{**data, "fingerprint": CacheFingerprint(**data["fingerprint"])})
+        for shard in info.shards:
+            check_shard_name(shard.get("file"), path)
+        return info
+
+
+def check_shard_name(name: Any, manifest: str) -> str:
+    """Refuse a shard file named in a manifest that is not a plain relative path inside the cache folder
+    (`../x.parquet`, `/etc/x.parquet`): a manifest downloaded from elsewhere must not make us read other files."""
+    normalized = os.path.normpath(name) if isinstance(name, str) and name else ""
+    if (
+        not normalized
+        or os.path.isabs(name)
+        or normalized == os.curdir
+        or normalized.split(os.sep)[0] == os.pardir
+        or "\\" in name
+        or os.path.splitdrive(name)[0]
+    ):
+        raise ValueError(
+            f"{manifest}: shard file {name!r} is not a path inside the cache folder; a teacher cache manifest may only "
+            "name files inside its own folder (e.g. 'shard-00000.parquet'). Re-create the cache."
+        )
+    return normalized
 
 
 def encode_logprobs(logprobs: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -144,7 +165,8 @@ def verify_shards(folder: str, info: CacheInfo) -> list[str]:
         )
     paths = []
     for shard in info.shards:
-        path = os.path.join(folder, shard["file"])
+        # Checked by name, not by resolved path: a Hub snapshot's files are symlinks into the cache's blob store.
+        path = os.path.join(folder, check_shard_name(shard["file"], os.path.join(folder, CACHE_INFO_FILE)))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Teacher cache shard {shard['file']} is missing from {folder}.")
         if file_sha256(path) != shard["sha256"]:
@@ -189,11 +211,19 @@ def load_teacher_cache(path_or_repo: str, revision: str | None = None, token: st
         folder = path_or_repo
         name = {"name": os.path.basename(os.path.normpath(folder)), "source": "local"}
     else:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import hf_hub_download, snapshot_download
 
         sha = resolve_revision(path_or_repo, revision, repo_type="dataset")
+        pinned = sha if len(sha) == 40 else revision
+        # The manifest first, checked; then only the files it names (the repo may hold anything else).
+        manifest = hf_hub_download(path_or_repo, CACHE_INFO_FILE, repo_type="dataset", revision=pinned, token=token)
+        shards = [shard["file"] for shard in CacheInfo.load(os.path.dirname(manifest)).shards]
         folder = snapshot_download(
-            path_or_repo, repo_type="dataset", revision=sha if len(sha) == 40 else revision, token=token
+            path_or_repo,
+            repo_type="dataset",
+            revision=pinned,
+            token=token,
+            allow_patterns=[CACHE_INFO_FILE, *shards],
         )
         name = {"name": path_or_repo, "source": "hub", "revision": sha}
     info = CacheInfo.load(folder)

@@ -11,19 +11,19 @@ from torch import nn
 
 from .adapters import SHARED_BASE_TEACHER, is_peft_model
 from .config import distillation_setting
+from .label_mapping import PERMUTATION_ATTRIBUTE, label_permutation
 from .placement import Placement, resolve_placement, teacher_device
 from .provenance import checked_model_source, is_commit_sha, model_source, source_of
 from .teacher import (
+    TOKENIZER_CHECKED_ATTRIBUTE,
     SharedBaseTeacher,
     cast_teacher,
     freeze,
     load_teacher,
-    load_teacher_tokenizer,
-    output_vocab_size,
     place_teacher,
-    shared_vocab_size,
 )
-from .teacher_cache import CachedTeacher, check_cache, load_teacher_cache
+from .teacher_cache import CachedTeacher, check_cache, load_teacher_cache, tokenizer_sha256
+from .vocabulary import check_vocabulary, output_vocab_size, try_load_teacher_tokenizer
 
 
 @dataclass
@@ -35,12 +35,18 @@ class TeacherSetup:
         shared_vocab (`int`, *optional*): leading logit entries to compare when the heads are padded differently.
         placement (`Placement`): where it lives.
         device (`torch.device`, *optional*): its own device when it is not the student's (inputs go there).
+        tokenizer_checked (`bool`, *optional*): whether the teacher's tokenizer was compared with the student's
+            (`None` for models that read no token ids).
+        label_permutation (`list[int]`, *optional*): the teacher logit column of each student label, when a
+            classifier teacher orders the same labels differently.
     """
 
     model: nn.Module
     shared_vocab: int | None
     placement: Placement
     device: torch.device | None
+    tokenizer_checked: bool | None = None
+    label_permutation: list[int] | None = None
 
 
 def teacher_compute_dtype(args: Any, student: nn.Module) -> torch.dtype:
@@ -61,16 +67,20 @@ def _cached_setup(
     """A cache stands in for the teacher: opened, verified and checked against this run; nothing is loaded."""
     teacher = teacher or CachedTeacher(load_teacher_cache(cache))
     expected = distillation_setting(args, "teacher_model_name_or_path")
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     check_cache(
         teacher.cache,
-        tokenizer=getattr(tokenizer, "tokenizer", tokenizer),
+        tokenizer=tokenizer,
         temperature=distillation_setting(args, "kd_temperature"),
         vocab_size=output_vocab_size(student),
         teacher_source=None
         if expected is None
         else source_of(expected, distillation_setting(args, "teacher_revision")),
     )
-    return TeacherSetup(teacher, None, Placement("cache"), None)
+    # check_cache compared the cache's tokenizer fingerprint with the student's tokenizer when both exist
+    checked = tokenizer_sha256(tokenizer) is not None and teacher.cache.info.fingerprint.tokenizer_sha256 is not None
+    object.__setattr__(teacher, TOKENIZER_CHECKED_ATTRIBUTE, checked)
+    return TeacherSetup(teacher, None, Placement("cache"), None, tokenizer_checked=checked)
 
 
 def setup_teacher(
@@ -94,13 +104,14 @@ def setup_teacher(
     if teacher == SHARED_BASE_TEACHER:
         teacher = SharedBaseTeacher(student)
         teacher_tokenizer = teacher_tokenizer or student_tokenizer
+    tokenizer_error = None
     if isinstance(teacher, str):
         trust_remote_code = distillation_setting(args, "teacher_trust_remote_code")
         revision = distillation_setting(args, "teacher_revision")
         name, teacher = teacher, load_teacher(teacher, student, trust_remote_code, revision)
         if teacher_tokenizer is None:  # from the same commit as the weights
             pinned = model_source(teacher).get("revision")
-            teacher_tokenizer = load_teacher_tokenizer(
+            teacher_tokenizer, tokenizer_error = try_load_teacher_tokenizer(
                 name, trust_remote_code, pinned if is_commit_sha(pinned) else revision
             )
     if not isinstance(teacher, nn.Module):
@@ -109,11 +120,21 @@ def setup_teacher(
         raise ValueError("teacher_model is the student itself; pass a separate (frozen) teacher model.")
     if not isinstance(teacher, SharedBaseTeacher) and not is_peft_model(teacher):
         checked_model_source(teacher)  # as handed over, before the cast: still the checkpoint its config names?
-    shared_vocab = shared_vocab_size(student, teacher, student_tokenizer, teacher_tokenizer)
+    vocabulary = check_vocabulary(student, teacher, student_tokenizer, teacher_tokenizer, tokenizer_error)
+    permutation = label_permutation(student, teacher)
     placement = resolve_placement(distillation_setting(args, "teacher_placement"), accelerator)
     teacher = cast_teacher(freeze(teacher), teacher_compute_dtype(args, student))
     teacher = place_teacher(
         teacher, args.device, placement, accelerator, distillation_setting(args, "teacher_deepspeed_config")
     )
+    object.__setattr__(teacher, TOKENIZER_CHECKED_ATTRIBUTE, vocabulary.tokenizer_checked)
+    object.__setattr__(teacher, PERMUTATION_ATTRIBUTE, permutation)  # `run_teacher` applies it
     own_device = teacher_device(placement, args.device)
-    return TeacherSetup(teacher, shared_vocab, placement, None if own_device == args.device else own_device)
+    return TeacherSetup(
+        teacher,
+        vocabulary.shared_vocab,
+        placement,
+        None if own_device == args.device else own_device,
+        tokenizer_checked=vocabulary.tokenizer_checked,
+        label_permutation=permutation,
+    )

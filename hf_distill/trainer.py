@@ -14,13 +14,17 @@ from transformers.trainer_utils import EvalLoopOutput
 
 from .adapters import wrap_student
 from .cached_loss import cached_objective
+from .checkpoints import resolve_resume
 from .config import distillation_setting, kd_objective_from_args
+from .finite import FiniteCheck
 from .hub import license_decision
-from .lm_head import capture_head_input, chunk_size_for, head_reproduces_logits, linear_head, slice_batch
+from .label_mapping import apply_permutation
+from .lm_head import capture_head_input, chunk_size_for, heads_reproduce_logits, linear_head, slice_batch
 from .logs import get_logger
 from .losses import KDObjective, ObjectiveSums, count_targets, normalize_token_sum, objective_sums
 from .losses.chunked import chunked_objective_sums
-from .metrics import DistillationMetrics, outputs_for_metrics
+from .metrics import DistillationMetrics, label_loss, outputs_for_metrics
+from .output_guard import check_output_dir
 from .placement import Placement, student_strategy
 from .plan import MemoryPlan, plan_run, refusal_message
 from .publishing import PublishingMixin
@@ -46,7 +50,9 @@ class DistillationTrainer(PublishingMixin, Trainer):
     position (`labels != -100`, or real tokens when a batch has no labels) of the optimizer step, on all processes.
     Its settings are the fields of [`DistillationConfig`]; with plain `TrainingArguments` the documented defaults
     apply (forward KL, T=1, `kd_weight=1`, `ce_weight=0`). Causal-LM labels are shifted as the model's own loss does;
-    the CE term is computed here, from the student's logits, so the student's own `loss` is not used.
+    the CE term is computed here, from the student's logits (smoothed by `label_smoothing_factor` as `Trainer` does).
+    `eval_loss` keeps its `Trainer` meaning (the student's label loss: `exp(eval_loss)` is the perplexity); the
+    objective is `eval_distillation_loss`, and also `eval_loss` when the evaluation data has no labels.
 
     Args:
         model (`PreTrainedModel` or `nn.Module`):
@@ -105,12 +111,9 @@ class DistillationTrainer(PublishingMixin, Trainer):
                 "compute_loss_func is not supported by DistillationTrainer: the loss is the distillation objective. "
                 "Choose it with DistillationConfig (kd_loss, kd_temperature, kd_weight, ce_weight)."
             )
+        # Before anything loads, and before Trainer creates output_dir (a Hub id must not then pass for a folder).
+        check_output_dir(getattr(args, "output_dir", None), model, teacher_model, teacher_cache, args)
         super().__init__(wrap_student(model, peft_config), args, *trainer_args, **trainer_kwargs)
-        if self.args.label_smoothing_factor:
-            raise ValueError(
-                f"label_smoothing_factor={self.args.label_smoothing_factor} is not supported with distillation (the "
-                "teacher's soft targets already replace one-hot labels); set it to 0."
-            )
         self.kd_objective: KDObjective = kd_objective_from_args(self.args)
         if teacher_cache is not None:
             if teacher_model is not None:
@@ -135,6 +138,8 @@ class DistillationTrainer(PublishingMixin, Trainer):
         self._logits_wanted = False  # set by prediction_step when compute_metrics needs the student's logits
         self._train_metrics = DistillationMetrics.zeros(self.args.device)
         self._eval_metrics = DistillationMetrics.zeros(self.args.device)
+        self._finite_check = FiniteCheck(self.accelerator, self.teacher_model)  # NaN/inf stop before the step
+        self.add_callback(self._finite_check)
 
     # ---- data: the columns the loss needs must survive `remove_unused_columns` ----
 
@@ -194,15 +199,28 @@ class DistillationTrainer(PublishingMixin, Trainer):
         `num_items_in_batch` is the valid-position count of the whole accumulation window on all processes (from
         `get_batch_samples`); without it (evaluation), the batch is normalised by its own count.
         """
+        sums, outputs = self._batch_sums(model, inputs, num_items_in_batch)
+        (self._train_metrics if model.training else self._eval_metrics).add(sums)
+        if num_items_in_batch is None:
+            loss = normalize_token_sum(sums.total, sums.num_targets)
+        else:
+            loss = normalize_token_sum(sums.total, num_items_in_batch, self._loss_processes())
+        return (loss, outputs) if return_outputs else loss
+
+    def _batch_sums(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any) -> tuple:
+        """`(ObjectiveSums, student outputs)` of one micro-batch, on whichever path (cached, chunked, logits)."""
         labels = inputs.get("labels")
         features = {k: v for k, v in inputs.items() if k not in _LABEL_COLUMNS}
         student_inputs = select_arguments(decoder_inputs(model, features, labels), self._student_arguments)
         if isinstance(self.teacher_model, CachedTeacher):
             sums, outputs = self._cached_sums(model, inputs, labels)
+            self._finite_check.observe(model, sums)
         elif self._use_chunked_loss(model, student_inputs, features, labels):
             sums, outputs = self._chunked_sums(model, student_inputs, features, labels)
         else:
             outputs = model(**student_inputs)
+            if model is self.teacher_model:  # scored as the student: its classes in the student's label order
+                outputs["logits"] = apply_permutation(model, model_logits(outputs, "teacher"))
             with self.accelerator.autocast():
                 scored = outputs if model is self.teacher_model else None  # compare_with_teacher scoring the teacher
                 teacher_output = run_teacher(self.teacher_model, features, labels, self._teacher_device, scored)
@@ -216,13 +234,9 @@ class DistillationTrainer(PublishingMixin, Trainer):
                 vocab_size=self._shared_vocab,
                 require_labels=model.training,
             )
+            self._finite_check.observe(model, sums, teacher_output.logits, model_logits(outputs, "student"))
         self._check_count(sums, inputs, num_items_in_batch)
-        (self._train_metrics if model.training else self._eval_metrics).add(sums)
-        if num_items_in_batch is None:
-            loss = normalize_token_sum(sums.total, sums.num_targets)
-        else:
-            loss = normalize_token_sum(sums.total, num_items_in_batch, self._loss_processes())
-        return (loss, outputs) if return_outputs else loss
+        return sums, outputs
 
     # ---- the memory-efficient path: both models' hidden states, never their logits ----
 
@@ -252,21 +266,16 @@ class DistillationTrainer(PublishingMixin, Trainer):
     def _verify_heads(self, model: nn.Module, student_inputs: dict, features: dict, labels: Any) -> bool:
         # Once, on one example: projecting the captured hidden states must give each model's own logits, which
         # catches a post-head transform that `linear_head` does not know. Every process runs the same check.
+        small_student, small_features = slice_batch(student_inputs, 1), slice_batch(features, 1)
+        teacher = None if isinstance(self.teacher_model, CachedTeacher) else self.teacher_model
         small_labels = None if labels is None else labels[:1]
-        small_student = slice_batch(student_inputs, 1)
-        teacher = self.teacher_model
-        ok = head_reproduces_logits(self.model, lambda: model(**small_student))
-        if ok and not isinstance(teacher, CachedTeacher):
-            small_teacher = select_arguments(
-                decoder_inputs(teacher, slice_batch(features, 1), small_labels), accepted_arguments(teacher)
-            )
-            ok = head_reproduces_logits(teacher, lambda: teacher(**small_teacher))
-        if not ok:
+        ok = heads_reproduce_logits(self.model, lambda: model(**small_student), teacher, small_features, small_labels)
+        if ok is False:  # None: the check itself failed, said so on one info line
             logger.warning(
                 "The LM heads' outputs do not reproduce the models' logits (an unknown logit transform?); using the "
                 "logits path. Set kd_chunk_size=0 to silence this."
             )
-        return ok
+        return bool(ok)
 
     def _chunked_sums(self, model: nn.Module, student_inputs: dict, features: dict, labels: Any) -> tuple:
         with self.accelerator.autocast(), capture_head_input(self.teacher_model) as teacher_hidden:
@@ -286,6 +295,7 @@ class DistillationTrainer(PublishingMixin, Trainer):
             vocab_size=self._shared_vocab,
             require_labels=model.training,
         )
+        self._finite_check.observe(model, sums, teacher_hidden.hidden_states, student_hidden.hidden_states)
         return sums, outputs
 
     def _cached_sums(self, model: nn.Module, inputs: dict[str, Any], labels: Any) -> tuple:
@@ -328,8 +338,9 @@ class DistillationTrainer(PublishingMixin, Trainer):
         labels = inputs.get("labels")
         self._logits_wanted = not prediction_loss_only
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
-        loss = loss.detach()
+            sums, outputs = self._batch_sums(model, inputs, None)
+        self._eval_metrics.add(sums)  # the objective's terms: eval_distillation_loss, eval_kd_loss, eval_ce_loss
+        loss = label_loss(sums)
         if prediction_loss_only:
             return loss, None, None
         logits = nested_detach(outputs_for_metrics(outputs, ignore_keys))
@@ -343,9 +354,14 @@ class DistillationTrainer(PublishingMixin, Trainer):
         ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
     ) -> EvalLoopOutput:
+        """`{prefix}_loss` keeps its `Trainer` meaning (the student's label loss, from `prediction_step`); the objective
+        over every valid position is `{prefix}_distillation_loss`, and `{prefix}_loss` too when no batch had labels."""
         self._eval_metrics = DistillationMetrics.zeros(self.args.device)
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        output.metrics.update(self._eval_metrics.summarize(self._reduce_sum, prefix=f"{metric_key_prefix}_"))
+        distillation = self._eval_metrics.summarize(self._reduce_sum, prefix=f"{metric_key_prefix}_", objective=True)
+        output.metrics.update(distillation)
+        if f"{metric_key_prefix}_loss" not in output.metrics and distillation:
+            output.metrics[f"{metric_key_prefix}_loss"] = distillation[f"{metric_key_prefix}_distillation_loss"]
         return output
 
     # ---- logging ----
@@ -374,6 +390,7 @@ class DistillationTrainer(PublishingMixin, Trainer):
         return plan_run(self)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs = resolve_resume(self, args, kwargs)  # True -> the newest *complete* checkpoint (checkpoints.py)
         preflight = distillation_setting(self.args, "preflight")
         if preflight != "off":
             plan = self.memory_plan()  # every process decides alike: same models, arguments and device kind

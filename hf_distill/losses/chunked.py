@@ -25,7 +25,8 @@ class LinearHead:
     """A linear LM head and the logit transforms its model applies after it.
 
     `logits = softcap · tanh(logit_scale · (h @ weight.T + bias + a @ adapter_weight.T) / softcap)` (the tanh part
-    only when `softcap` is set). Covers tied embeddings (pass the embedding matrix), a head bias, logit scaling
+    only when `softcap` is set). Covers tied embeddings (pass the embedding matrix), a head bias (also a bias added
+    after the head, as BART/Marian/Pegasus's `final_logits_bias`: see `hf_distill.lm_head.linear_head`), logit scaling
     (Cohere's `logit_scale`, Granite's `1 / logits_scaling`), final logit soft-capping (Gemma 2/3) and LoRA adapters
     on the head (`a` their inputs, appended to `h`).
 

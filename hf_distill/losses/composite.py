@@ -26,6 +26,8 @@ class KDObjective:
         skew_alpha (`float`): skew of `skew_forward_kl` / `skew_reverse_kl`.
         kd_weight (`float`): weight of the KD term.
         ce_weight (`float`): weight of the hard-label cross-entropy term (needs labels).
+        label_smoothing_factor (`float`): ε of the CE term, as `transformers.trainer_pt_utils.LabelSmoother`: per
+            position `(1-ε)·(-log p_y) + ε·mean_v(-log p_v)`; 0 is the plain CE. The KD term is not smoothed.
     """
 
     kd_loss: str = "forward_kl"
@@ -35,6 +37,7 @@ class KDObjective:
     skew_alpha: float = 0.1
     kd_weight: float = 1.0
     ce_weight: float = 0.0
+    label_smoothing_factor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kd_loss not in DIVERGENCES:
@@ -50,6 +53,10 @@ class KDObjective:
         for name in ("kd_weight", "ce_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+        if not 0.0 <= self.label_smoothing_factor < 1.0:
+            raise ValueError(
+                f"label_smoothing_factor={self.label_smoothing_factor} must lie in [0, 1) (0 = plain cross-entropy)."
+            )
         if self.kd_weight == 0 and self.ce_weight == 0:
             raise ValueError("kd_weight and ce_weight are both 0, so nothing would be trained; set kd_weight > 0.")
 
@@ -65,7 +72,8 @@ class KDObjective:
         kd = f"{self.kd_weight:g}·[{scale}{self.kd_loss} at T={self.kd_temperature:g}{detail.get(self.kd_loss, '')}]"
         terms = [kd] if self.kd_weight else []
         if self.ce_weight:
-            terms.append(f"{self.ce_weight:g}·CE(labels)")
+            smoothing = f", label smoothing {self.label_smoothing_factor:g}" if self.label_smoothing_factor else ""
+            terms.append(f"{self.ce_weight:g}·CE(labels{smoothing})")
         return "loss = " + " + ".join(terms) + ", averaged over valid tokens of each optimizer step"
 
 
@@ -161,10 +169,29 @@ def with_ce_term(
     _check_class_labels(labels)
     # With ce_weight = 0 the CE is only logged: keep it out of the autograd graph.
     with torch.set_grad_enabled(torch.is_grad_enabled() and objective.ce_weight > 0):
-        ce = F.cross_entropy(student_rows.float(), labels, reduction="sum")
+        ce = smoothed_cross_entropy_sum(student_rows.float(), labels, objective.label_smoothing_factor)
     if objective.ce_weight:
         total = total + objective.ce_weight * ce
     return total, ce.detach()
+
+
+def smoothed_cross_entropy_sum(rows: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Cross-entropy with label smoothing, summed over rows (0-dim), exactly as `transformers`' `LabelSmoother`.
+
+    Per row: `(1-ε)·(-log p_y) + ε·mean_v(-log p_v)`, the mean over all `V` entries of the row; `ε = 0` is plain CE.
+    Summed, so that the caller divides once by the number of valid positions, as `LabelSmoother` does with
+    `num_items_in_batch`. Reference: `LabelSmoother.__call__`, transformers v5.x `trainer_pt_utils.py`.
+
+    Args:
+        rows (`torch.Tensor` of shape `(n, V)`): logits, float32 (gradients flow).
+        labels (`torch.Tensor` of shape `(n,)`): class indices, every one valid (no `-100`).
+        epsilon (`float`): the smoothing factor, in [0, 1).
+    """
+    if not epsilon:
+        return F.cross_entropy(rows, labels, reduction="sum")
+    neg_log_probs = -torch.log_softmax(rows, dim=-1)  # (n, V)
+    nll = neg_log_probs.gather(1, labels[:, None]).sum()
+    return (1 - epsilon) * nll + epsilon * neg_log_probs.sum() / rows.shape[-1]
 
 
 def top1_agreement(student_rows: torch.Tensor, teacher_rows: torch.Tensor) -> torch.Tensor:
@@ -216,12 +243,19 @@ def row_sums_and_grad(
     if labels is not None:
         _check_class_labels(labels)
         log_probs = log_ps if reuse else log_probs_t1
+        eps = objective.label_smoothing_factor
         ce = -log_probs.gather(1, labels[:, None]).sum()
+        if eps:  # (1-ε)·nll + ε·mean_v(-log p_v), as in `smoothed_cross_entropy_sum`
+            ce = (1 - eps) * ce - eps * log_probs.sum() / log_probs.shape[-1]
         if objective.ce_weight:
             total = total + objective.ce_weight * ce
-            # d CE / d logits = softmax − one-hot
+            # d CE / d logits = softmax − (1-ε)·one-hot − ε/V (ε = 0: softmax − one-hot)
             grad.add_(log_probs.exp(), alpha=objective.ce_weight)
-            grad.scatter_add_(1, labels[:, None], grad.new_full((labels.shape[0], 1), -objective.ce_weight))
+            if eps:
+                grad.sub_(objective.ce_weight * eps / log_probs.shape[-1])
+            grad.scatter_add_(
+                1, labels[:, None], grad.new_full((labels.shape[0], 1), -objective.ce_weight * (1 - eps))
+            )
     return total, kd, ce, agreement, grad
 
 

@@ -1,0 +1,85 @@
+"""Classification teachers whose labels are the student's in another order: the teacher's logits are permuted to the
+student's label order; different label names or class counts are refused when the trainer is built."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from .logs import get_logger
+from .tasks import unwrap_peft
+
+logger = get_logger(__name__)
+
+# Set on the teacher module: the teacher logit column of each student label (`run_teacher` applies it).
+PERMUTATION_ATTRIBUTE = "_hf_distill_label_permutation"
+
+_DEFAULT_LABEL = re.compile(r"LABEL_\d+")
+
+
+def _labels(model: nn.Module) -> list[str] | None:
+    """The model's label names in class-index order, `None` for a model that is not a classifier."""
+    base = unwrap_peft(model)
+    if "Classification" not in type(base).__name__:
+        return None
+    id2label = getattr(getattr(base, "config", None), "id2label", None)
+    if not id2label:
+        return None
+    return [str(id2label[i]) for i in sorted(id2label, key=int)]
+
+
+def _real_names(labels: list[str]) -> bool:
+    """`False` for the defaults transformers invents (`LABEL_0`, `LABEL_1`, ...): those name no class."""
+    return not all(_DEFAULT_LABEL.fullmatch(name) for name in labels)
+
+
+def label_permutation(student: nn.Module, teacher: nn.Module) -> list[int] | None:
+    """Which teacher logit column holds each student label, when both classifiers name their labels alike but in
+    another order; `None` when no permutation is needed (same order, unnamed labels, not classifiers).
+
+    Raises:
+        `ValueError`: different class counts, or (both with real label names) different names.
+    """
+    student_labels, teacher_labels = _labels(student), _labels(teacher)
+    if student_labels is None or teacher_labels is None:
+        return None
+    if len(student_labels) != len(teacher_labels):
+        raise ValueError(
+            f"The student classifies into {len(student_labels)} labels ({_listed(student_labels)}) and the teacher "
+            f"into {len(teacher_labels)} ({_listed(teacher_labels)}); distillation needs the same classes. Build the "
+            "student with the teacher's labels (e.g. `num_labels`, `id2label` and `label2id` from the teacher's "
+            "config)."
+        )
+    if not (_real_names(student_labels) and _real_names(teacher_labels)) or student_labels == teacher_labels:
+        return None
+    if sorted(student_labels) != sorted(teacher_labels) or len(set(student_labels)) != len(student_labels):
+        only_student = sorted(set(student_labels) - set(teacher_labels))
+        only_teacher = sorted(set(teacher_labels) - set(student_labels))
+        raise ValueError(
+            f"The student's labels ({_listed(student_labels)}) are not the teacher's ({_listed(teacher_labels)}): "
+            f"only the student has {only_student or 'none'}, only the teacher has {only_teacher or 'none'}. "
+            "Distilling would teach the student the teacher's classes under the wrong names; give the student the "
+            "teacher's `id2label`/`label2id`, or a teacher trained on the same labels."
+        )
+    permutation = [teacher_labels.index(name) for name in student_labels]
+    logger.info(
+        f"The teacher orders its labels differently ({_listed(teacher_labels)}); its logits are permuted to the "
+        f"student's order ({_listed(student_labels)})."
+    )
+    return permutation
+
+
+def _listed(labels: list[str]) -> str:
+    shown = ", ".join(repr(name) for name in labels[:8])
+    return shown + (f", ... ({len(labels)} in all)" if len(labels) > 8 else "")
+
+
+def apply_permutation(teacher: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """The teacher's logits `(B, C)` or `(B, T, C)` with their last dimension in the student's label order."""
+    permutation: Any = getattr(teacher, PERMUTATION_ATTRIBUTE, None)
+    if permutation is None:
+        return logits
+    return logits[..., torch.as_tensor(permutation, device=logits.device)]

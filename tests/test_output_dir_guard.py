@@ -1,0 +1,131 @@
+"""`output_dir` may not be (or be inside) the teacher's folder, the student's source folder or a teacher cache folder:
+refused when the trainer is built, naming both paths. Relative paths and symlinks are resolved; Hub ids are not
+folders."""
+
+import os
+
+import pytest
+from tiny_models import collate, llama
+from transformers import AutoModelForCausalLM
+
+from hf_distill import DistillationConfig, DistillationTrainer
+
+
+def _args(output_dir, **kw):
+    return DistillationConfig(output_dir=str(output_dir), report_to=[], use_cpu=True, **kw)
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    llama(64, 2).save_pretrained(tmp_path / "teacher")
+    llama(32, 1).save_pretrained(tmp_path / "student")
+    return tmp_path
+
+
+def _build(student, teacher=None, output_dir="out", **kw):
+    return DistillationTrainer(
+        model=student, teacher_model=teacher, args=_args(output_dir, **kw), data_collator=collate
+    )
+
+
+@pytest.mark.parametrize(
+    "output_dir",
+    ["teacher", "./teacher/", "teacher/run-1", "student/../teacher"],
+    ids=["same", "trailing_slash", "inside", "dotdot"],
+)
+def test_output_dir_in_the_teacher_folder_given_by_path_is_refused(folders, output_dir):
+    teacher = os.path.realpath(folders / "teacher")
+    with pytest.raises(ValueError) as info:
+        _build(llama(32, 1), "teacher", output_dir)
+    message = str(info.value)
+    assert f"output_dir={output_dir!r}" in message and f"the teacher's folder {teacher!r}" in message
+    assert ("is inside" in message) == (output_dir == "teacher/run-1")
+    assert "Choose an output_dir outside it" in message
+
+
+def test_teacher_folder_from_the_config_field_is_refused(folders):
+    with pytest.raises(ValueError, match="is the teacher's folder"):
+        _build(llama(32, 1), None, "teacher", teacher_model_name_or_path="teacher")
+
+
+def test_teacher_model_object_loaded_from_a_folder_is_refused(folders):
+    teacher = AutoModelForCausalLM.from_pretrained(str(folders / "teacher"))
+    with pytest.raises(ValueError, match="is the teacher's folder"):
+        _build(llama(32, 1), teacher, str(folders / "teacher"))
+
+
+def test_student_source_folder_is_refused(folders):
+    student = AutoModelForCausalLM.from_pretrained("student")  # relative: resolved against the current directory
+    with pytest.raises(ValueError, match=r"is the student's source folder .*student'"):
+        _build(student, llama(64, 2), "student")
+
+
+def test_symlink_to_the_teacher_folder_is_refused(folders):
+    os.symlink(folders / "teacher", folders / "link")
+    with pytest.raises(ValueError, match="output_dir='link/ckpt' is inside the teacher's folder"):
+        _build(llama(32, 1), "teacher", "link/ckpt")
+
+
+@pytest.mark.parametrize("how", ["argument", "config_field"])
+def test_teacher_cache_folder_is_refused_before_it_is_opened(folders, how):
+    os.makedirs("cache")  # not even a valid cache: the refusal comes first
+    kw = {"teacher_cache": "cache"} if how == "config_field" else {}
+    with pytest.raises(ValueError, match="is inside the teacher cache folder"):
+        DistillationTrainer(
+            model=llama(32, 1),
+            args=_args("cache/out", **kw),
+            data_collator=collate,
+            **({"teacher_cache": "cache"} if how == "argument" else {}),
+        )
+
+
+def test_neighbouring_folders_and_hub_ids_are_accepted(folders):
+    teacher = AutoModelForCausalLM.from_pretrained("teacher")
+    trainer = _build(llama(32, 1), teacher, "teacher-distilled")  # a sibling sharing the prefix: not inside
+    assert trainer.args.output_dir == "teacher-distilled"
+    hub_teacher = llama(64, 2)
+    hub_teacher.config._name_or_path = "someorg/teacher"  # a Hub id, no such folder here
+    _build(llama(32, 1), hub_teacher, "someorg/teacher")
+
+
+USER_SCRIPT = '''
+"""A user's training script in the shape of transformers' examples, with the documented two-line change."""
+from dataclasses import dataclass, field
+
+from transformers import AutoModelForCausalLM, HfArgumentParser
+
+from hf_distill import DistillationConfig, DistillationTrainer
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "The student checkpoint."})
+
+
+def main():
+    parser = HfArgumentParser((ModelArguments, DistillationConfig))
+    model_args, training_args = parser.parse_args_into_dataclasses()
+    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
+    trainer = DistillationTrainer(model=model, args=training_args)
+    trainer.train()
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def test_a_users_script_pointing_output_dir_at_the_teacher_stops_before_touching_it(folders):
+    import subprocess
+    import sys
+
+    (folders / "train.py").write_text(USER_SCRIPT)
+    before = {p.name: p.stat().st_mtime_ns for p in (folders / "teacher").iterdir()}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "train.py", "--model_name_or_path", "student", "--teacher_model_name_or_path"]
+    command += ["teacher", "--output_dir", "teacher", "--use_cpu", "--max_steps", "1", "--report_to", "none"]
+    result = subprocess.run(command, cwd=folders, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "ValueError: output_dir='teacher' is the teacher's folder" in result.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (folders / "teacher").iterdir()} == before
