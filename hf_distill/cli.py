@@ -69,8 +69,39 @@ def _print_lineage(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"hf-distill lineage: {printable(error, newlines=False)}", file=sys.stderr)
         return 2
+    except OSError as error:  # no such folder or repo, bad revision, offline: one line, not a traceback
+        print(f"hf-distill: {printable(_read_failure(args, error), newlines=False)}", file=sys.stderr)
+        return 1
     print(json.dumps(pulled.to_dict(), indent=2) if args.json else pulled.format())
     return 0
+
+
+def _read_failure(args: argparse.Namespace, error: OSError) -> str:
+    """One line saying why `hf-distill lineage` could not read a model, and what to do."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(error, GatedRepoError):
+        return f"{args.repo}: the repository is gated; accept its terms on the Hub and log in (`hf auth login`)."
+    if isinstance(error, RepositoryNotFoundError):
+        return (
+            f"{args.repo}: no such model repository on the Hub (or it is private: log in with `hf auth login` or set "
+            "HF_TOKEN)."
+        )
+    if isinstance(error, RevisionNotFoundError):
+        return f"{args.repo}: no revision {args.revision!r}; give a branch, tag or commit of the repository."
+    if isinstance(error, (OfflineModeIsEnabled, LocalEntryNotFoundError)):
+        return (
+            f"{args.repo}: cannot be read offline (HF_HUB_OFFLINE is set) and is not in the local cache; unset "
+            "HF_HUB_OFFLINE or read it once online."
+        )
+    first_line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return f"{args.repo}: {first_line}" if args.repo not in first_line else first_line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import torch
 from transformers import TrainingArguments
 
 from .losses import DIVERGENCES, KDObjective
@@ -203,6 +204,7 @@ class DistillationConfig(TrainingArguments):
         _check_field_types(self)  # before anything reads them: a wrong type names its field, not a later symptom
         super().__post_init__()
         self.kd_objective()  # validates the distillation fields, naming the one at fault
+        _check_placement(self.teacher_placement)
         if self.teacher_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(
                 f"teacher_dtype={self.teacher_dtype!r}; use float32, bfloat16, float16 or leave it unset."
@@ -269,6 +271,31 @@ def _check_field_types(args: DistillationConfig) -> None:
         value = getattr(args, name)
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{name}={value!r} is not a string; give a string or leave it unset.")
+
+
+_DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps", "npu")  # what `placement.resolve_placement` puts a teacher on
+
+
+def _check_placement(value: str) -> None:
+    """Refuse a `teacher_placement` that is neither a placement nor a list of device names, as
+    `placement.resolve_placement` would at the first step. Whether the devices exist is checked there, on the machine
+    that trains."""
+    from .placement import PLACEMENTS
+
+    if value in PLACEMENTS:
+        return
+    names = [part.strip() for part in value.split(",") if part.strip()] or [value]
+    for name in names:
+        try:
+            device_type = torch.device(name).type
+        except (RuntimeError, ValueError):
+            device_type = None
+        if device_type not in _DEVICE_TYPES:
+            raise ValueError(
+                f"teacher_placement={value!r}: {name!r} is neither a placement nor a device. Use one of "
+                f"{', '.join(PLACEMENTS)}, or a comma-separated list of devices: cpu, cuda, cuda:N, xpu:N or mps "
+                "(e.g. 'cuda:1' or 'cuda:1,cuda:2')."
+            )
 
 
 _STR_HINTS = {

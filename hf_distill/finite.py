@@ -22,7 +22,10 @@ from accelerate.utils import DistributedType
 from torch import nn
 from transformers import TrainerCallback
 
+from .logs import get_logger
 from .losses import ObjectiveSums
+
+logger = get_logger(__name__)
 
 # Order of the flags `observe` stacks.
 _TOTAL, _TEACHER, _STUDENT, _KD, _CE = range(5)
@@ -30,12 +33,14 @@ _TOTAL, _TEACHER, _STUDENT, _KD, _CE = range(5)
 
 class NonFiniteLossError(FloatingPointError):
     """Training stopped on a NaN/inf: `source` is `"teacher"`, `"student"`, `"KD term"`, `"CE term"` or `"loss"`;
-    `step` is `trainer.state.global_step` (optimizer steps completed before the one that failed)."""
+    `step` is the optimizer step that failed (counted from 1) and `global_step` is `trainer.state.global_step` when it
+    failed (the optimizer steps completed before it: `step - 1`)."""
 
     def __init__(self, message: str, source: str, step: int) -> None:
         super().__init__(message)
         self.source = source
         self.step = step
+        self.global_step = step - 1
 
 
 def _sum(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -58,6 +63,10 @@ class FiniteCheck(TrainerCallback):
         self.immediate = accelerator.distributed_type == DistributedType.DEEPSPEED  # steps inside backward
         self.step = 0
         self._flags: torch.Tensor | None = None  # (5,) bool: which parts were non-finite in this optimizer step
+        # The memory-efficient path's last teacher hidden states and head (a reference, not a copy): only read to
+        # diagnose a failure, by projecting them as the loss did.
+        self._teacher_hidden: tuple[torch.Tensor, Any] | None = None
+        self._eval_flags: torch.Tensor | None = None  # the same flags, over one evaluation
 
     def observe(
         self,
@@ -65,11 +74,12 @@ class FiniteCheck(TrainerCallback):
         sums: ObjectiveSums,
         teacher: torch.Tensor | None = None,
         student: torch.Tensor | None = None,
+        teacher_head: Any = None,
     ) -> None:
         """Record one micro-batch: its `sums` and the teacher's and student's outputs (`(B, T, V)` / `(B, C)` logits,
-        or `(B, T, H)` hidden states). Evaluation batches (`model.training` false) are not watched."""
-        if not model.training:
-            return
+        or `(B, T, H)` hidden states, then with the teacher's `LinearHead` as `teacher_head`). Evaluation batches
+        (`model.training` false) never stop anything: `warn_after_evaluation` reports them."""
+        self._teacher_hidden = None if teacher_head is None or teacher is None else (teacher, teacher_head)
         device = sums.total.device
         values = torch.stack(
             [
@@ -81,6 +91,9 @@ class FiniteCheck(TrainerCallback):
             ]
         )
         flags = ~torch.isfinite(values)  # (5,)
+        if not model.training:  # evaluation: reported once, as a warning, by `warn_after_evaluation`
+            self._eval_flags = flags if self._eval_flags is None else self._eval_flags | flags
+            return
         self._flags = flags if self._flags is None else self._flags | flags
         if self.immediate:
             self.check(self.step)
@@ -90,21 +103,40 @@ class FiniteCheck(TrainerCallback):
         if self._flags is None:
             return
         flags, self._flags = self._flags, None
-        if self.accelerator.num_processes > 1:
-            flags = self.accelerator.reduce(flags.int(), reduction="sum") > 0
-        bad = flags.tolist()
+        bad = self._read(flags)
         if not (bad[_TOTAL] or bad[_KD] or bad[_CE]):
             return
         source, detail = self._diagnose(bad)
+        self._teacher_hidden = None
         raise NonFiniteLossError(
-            f"Non-finite loss at step {step} (trainer.state.global_step): {detail} Training stopped before the "
-            "optimizer step, so the student's weights hold no NaN/inf from this batch.",
+            f"Non-finite loss at optimizer step {step + 1} (trainer.state.global_step was {step}): {detail} Training "
+            "stopped before that optimizer step, so the student's weights hold no NaN/inf from this batch.",
             source,
-            step,
+            step + 1,
         )
 
+    def _read(self, flags: torch.Tensor) -> list[bool]:
+        if self.accelerator.num_processes > 1:
+            flags = self.accelerator.reduce(flags.int(), reduction="sum") > 0
+        return flags.tolist()
+
+    def start_evaluation(self) -> None:
+        self._eval_flags = None
+
+    def warn_after_evaluation(self, prefix: str = "eval") -> None:
+        """After an evaluation (one host sync): one warning naming the model when its loss terms were NaN/inf, which
+        would otherwise show only as `nan` metrics. Evaluation is not stopped."""
+        if self._eval_flags is None:
+            return
+        flags, self._eval_flags = self._eval_flags, None
+        bad = self._read(flags)
+        if bad[_TOTAL] or bad[_KD] or bad[_CE]:
+            _, detail = self._diagnose(bad)
+            logger.warning(f"The {prefix} distillation metrics are NaN/inf: {detail}")
+        self._teacher_hidden = None
+
     def _diagnose(self, bad: list[bool]) -> tuple[str, str]:
-        if bad[_TEACHER] or self._teacher_weights_not_finite():
+        if bad[_TEACHER] or self._teacher_weights_not_finite() or self._teacher_logits_not_finite():
             return "teacher", (
                 "the teacher produced NaN/inf (its logits, or on the memory-efficient path its hidden states or LM "
                 "head). Check the teacher's weights and its dtype: fp16 overflows are common, try "
@@ -133,6 +165,22 @@ class FiniteCheck(TrainerCallback):
         if self.teacher is None:
             return False
         return any(not torch.isfinite(p).all() for p in self.teacher.parameters() if p.is_floating_point())
+
+    @torch.no_grad()
+    def _teacher_logits_not_finite(self, chunk: int = 1024) -> bool:
+        # Only on failure: the memory-efficient path never builds the teacher's logits, so a head that overflows its
+        # dtype (fp16) shows only in the KD term. Project the recorded hidden states as the loss did, chunk by chunk.
+        if self._teacher_hidden is None:
+            return False
+        hidden, head = self._teacher_hidden
+        try:
+            flat = hidden.detach().reshape(-1, hidden.shape[-1])
+            for start in range(0, flat.shape[0], chunk):
+                if not torch.isfinite(head.transform(head.linear(flat[start : start + chunk]))).all():
+                    return True
+        except Exception:  # noqa: BLE001 - a diagnosis must not hide the error being reported
+            return False
+        return False
 
     # ---- TrainerCallback ----
 

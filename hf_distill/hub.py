@@ -13,25 +13,30 @@ import io
 import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token
 
 from .licenses import LicenseDecision, decide
 from .lineage import LINEAGE_FILE, Lineage
 from .logs import get_logger
 from .model_card import render_card
 from .provenance import hub_card_facts, is_commit_sha, is_local, weights_bytes
+from .safe_yaml import card_metadata_of
 
 logger = get_logger(__name__)
 
 # What huggingface_hub's `upload_folder` (so `Trainer.push_to_hub`) never uploads: git metadata, the Hub client's cache.
 _CLIENT_IGNORED = (".git", ".git/*", "*/.git", "*/.git/*", ".cache/huggingface", ".cache/huggingface/*")
+# Left by a write `hf_distill.atomic` did not finish (killed, disk full): `.<name>.<random hex>.tmp`.
+_TEMPORARY = ".*." + "[0-9a-f]" * 12 + ".tmp"  # secrets.token_hex(6), as atomic.py names them
+_INTERRUPTED_WRITES = (_TEMPORARY, f"*/{_TEMPORARY}")
 # Never pushed: the pickled TrainingArguments (local paths, possibly the hub token), logs, other checkpoints, and the
 # README on disk (the pushed card is generated, merged with it).
 NEVER_PUSHED = (
     *_CLIENT_IGNORED,
+    *_INTERRUPTED_WRITES,
     "training_args.bin",
     "runs",
     "runs/*",
@@ -42,6 +47,7 @@ NEVER_PUSHED = (
 )
 # A checkpoint's training state: it goes under last-checkpoint/ (for resuming), not beside the model at the root.
 TRAINING_STATE = (*NEVER_PUSHED, "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "trainer_state.json")
+_USER_LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md")
 _TEACHER_LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "USE_POLICY.md", "NOTICE", "NOTICE.txt")
 _SCAN_BLOCK = 1 << 20  # bytes read at a time when searching a file for a local path or the token
 
@@ -77,6 +83,58 @@ def license_decision(lineage: Lineage, repo_id: str, options: PushOptions, stric
     )
 
 
+def readme_license(folder: str | None) -> str | None:
+    """The `license:` of the README.md in `folder` (the user's own card), when it states one as a string."""
+    path = os.path.join(folder, "README.md") if folder else None
+    if path is None or not os.path.isfile(path):
+        return None
+    try:
+        value = card_metadata_of(path).get("license")
+    except ValueError as error:
+        logger.warning(f"{path}: {error}; its license is not used.")
+        return None
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def with_readme_license(options: PushOptions, folder: str | None) -> PushOptions:
+    """`options`, with the license stated in `folder`'s README.md as the student's license when `license=` was not
+    passed: the user's own card speaks for the student, and the teacher's license terms check it like `license=`."""
+    if options.license:
+        return options
+    stated = readme_license(folder)
+    return replace(options, license=stated) if stated else options
+
+
+def needs_license_copy(policy: LicenseDecision) -> bool:
+    """Whether the teacher's terms need its license text to travel with the student (the license id alone is not
+    enough)."""
+    return policy.needs_license_copy and policy.terms not in _NO_COPY_NEEDED
+
+
+def user_license_copy(
+    policy: LicenseDecision, teacher_files: dict[str, bytes], folders: list[str | None]
+) -> dict[str, str]:
+    """The user's own LICENSE to push when the teacher's terms need a copy of its license and none could be read
+    from the teacher: `{name: local path}`, from the first of `folders` holding one (the pushed folder, then the
+    output folder for a checkpoint push); `{}` when nothing needs adding (or the pushed folder already holds it).
+
+    Raises:
+        `PushRefusedError`: a copy is needed and none of `folders` holds a LICENSE file.
+    """
+    if teacher_files or not needs_license_copy(policy):
+        return {}
+    for index, folder in enumerate(f for f in folders if f):
+        for name in _USER_LICENSE_FILES:
+            if os.path.isfile(os.path.join(folder, name)):
+                policy.duties.append("the teacher's license text, provided by the uploader as LICENSE")
+                return {} if index == 0 else {name: os.path.abspath(os.path.join(folder, name))}
+    raise PushRefusedError(
+        f"The teacher's license ({policy.terms}) requires a copy of it to travel with the student, but no LICENSE "
+        "file could be read from the teacher. Save the teacher's license text as LICENSE in the output folder "
+        f"({next((f for f in reversed(folders) if f), '')}) and push again."
+    )
+
+
 def local_finetuned_from(options: PushOptions) -> str | None:
     """The folder name of `options.finetuned_from` when it is a local folder (never its path), else `None`."""
     name = options.finetuned_from
@@ -86,10 +144,17 @@ def local_finetuned_from(options: PushOptions) -> str | None:
 
 
 def folder_card(
-    lineage: Lineage, policy: LicenseDecision, repo_id: str, options: PushOptions, folder: str, adapter_push: bool
+    lineage: Lineage,
+    policy: LicenseDecision,
+    repo_id: str,
+    options: PushOptions,
+    folder: str,
+    adapter_push: bool,
+    pushed: bool = True,
 ) -> str:
     """The student's card, merged into `folder`'s README.md when there is one. A local `finetuned_from` is shown by
-    its folder name in the lineage table and left out of `base_model` (a local path is no Hub id)."""
+    its folder name in the lineage table and left out of `base_model` (a local path is no Hub id). `pushed=False`: a
+    card written locally (see `render_body`)."""
     path = os.path.join(folder, "README.md")
     existing = None
     if os.path.isfile(path):
@@ -102,6 +167,7 @@ def folder_card(
         repo_id,
         existing,
         local_finetuned_from=local,
+        pushed=pushed,
         adapter_push=adapter_push,
         finetuned_from=None if local else options.finetuned_from,
         tags=options.tags,
@@ -147,19 +213,32 @@ def _sanitized(contents: dict[str, str | bytes], public_base: str | None) -> Non
         contents[path_in_repo] = _json_bytes(data)
 
 
-def _needles(local_paths: list[str], token: str | None) -> list[tuple[bytes, str, str]]:
+def _needles(local_paths: list[str], tokens: str | list[str] | tuple[str, ...] | None) -> list[tuple[bytes, str, str]]:
     """(bytes to look for, what it is, how a message shows it): each local path as written and as JSON escapes it
-    (backslashes, non-ASCII), also resolved through symlinks; the token."""
+    (backslashes, non-ASCII, `/` written `\\/`), also resolved through symlinks; each token."""
     found: dict[bytes, tuple[str, str]] = {}
     for path in local_paths:
         if not path or len(path.strip(os.sep)) == 0:
             continue  # "/" alone would match any path-like text
         for variant in {path, os.path.realpath(path)}:
             for form in (variant, json.dumps(variant)[1:-1], json.dumps(variant, ensure_ascii=False)[1:-1]):
-                found.setdefault(form.encode("utf-8"), ("a local path", repr(path)))
-    if token:
-        found[token.encode("utf-8")] = ("the Hub token", "'<token>'")
+                for written in (form, form.replace("/", "\\/")):
+                    found.setdefault(written.encode("utf-8"), ("a local path", repr(path)))
+    for token in [tokens] if isinstance(tokens, str) else tokens or ():
+        if token and token.strip():
+            found[token.encode("utf-8")] = ("the Hub token", "'<token>'")
     return [(needle, what, shown) for needle, (what, shown) in found.items()]
+
+
+def known_tokens(*given: str | None) -> list[str]:
+    """Every Hub token this machine knows, distinct and non-empty: `given` (the push's, `args.hub_token`), the
+    `HF_TOKEN` / `HUGGING_FACE_HUB_TOKEN` environment variables and the saved token (`huggingface_hub.get_token`)."""
+    try:
+        saved = get_token()
+    except Exception:  # an unreadable token file: nothing to add
+        saved = None
+    found = [*given, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN"), saved]
+    return list(dict.fromkeys(t for t in found if isinstance(t, str) and t.strip()))
 
 
 def _first_needle(read: Any, needles: list[tuple[bytes, str, str]]) -> tuple[str, str] | None:
@@ -178,8 +257,10 @@ def _first_needle(read: Any, needles: list[tuple[bytes, str, str]]) -> tuple[str
         tail = window[-overlap:] if overlap else b""
 
 
-def check_no_secrets(contents: dict[str, str | bytes], local_paths: list[str], token: str | None) -> None:
-    """Refuse when any file of the commit holds one of `local_paths` or the token.
+def check_no_secrets(
+    contents: dict[str, str | bytes], local_paths: list[str], token: str | list[str] | tuple[str, ...] | None
+) -> None:
+    """Refuse when any file of the commit holds one of `local_paths` or a token.
 
     Every file is searched, whatever its extension: text files and binaries alike (weights, pickles, a safetensors
     header's metadata), as bytes, streamed in 1 MiB blocks. Local paths are looked for as written and JSON-escaped.
@@ -187,7 +268,7 @@ def check_no_secrets(contents: dict[str, str | bytes], local_paths: list[str], t
     Args:
         contents (`dict[str, str | bytes]`): path in the repository -> local file path, or the generated bytes.
         local_paths (`list[str]`): absolute paths that must not leave the machine.
-        token (`str`, *optional*): the Hub token of the push.
+        token (`str` or `list[str]`, *optional*): the Hub token(s) to look for (see `known_tokens`).
 
     Raises:
         `PushRefusedError`: naming the file, what it holds, and what to do.
@@ -235,7 +316,7 @@ def push_contents(
     contents: dict[str, str | bytes] = dict(_listing(folder, skip))
     if checkpoint_folder is not None:  # what resuming needs, under last-checkpoint/ as the Trainer pushes it
         for relative, path in _listing(
-            checkpoint_folder, (*_CLIENT_IGNORED, "training_args.bin", "README.md")
+            checkpoint_folder, (*_CLIENT_IGNORED, *_INTERRUPTED_WRITES, "training_args.bin", "README.md")
         ).items():
             contents[f"{checkpoint_name}/{relative}"] = path
     adapter_push = "adapter_config.json" in contents
@@ -360,6 +441,7 @@ def push_folder(
     private: bool | None = None,
     blocking: bool = True,
     api: HfApi | None = None,
+    extra_tokens: tuple[str | None, ...] = (),
 ) -> Any:
     """Push `folder` (a saved student) to `repo_id` with its card, lineage, NOTICE and license files in one commit
     (`HfApi.create_commit`), writing nothing on disk.
@@ -367,6 +449,8 @@ def push_folder(
     Args:
         api (`HfApi`, *optional*): the client to use; one client runs its non-blocking commits one after another,
             in order.
+        extra_tokens (`tuple[str]`): tokens to look for besides `token` and those `known_tokens` finds (e.g.
+            `args.hub_token` when the push was given another).
 
     Returns:
         `CommitInfo`, or a `Future` of it when `blocking=False`.
@@ -381,16 +465,10 @@ def push_folder(
         lineage = Lineage(
             **{**lineage.__dict__, "teacher": {**teacher, **hub_card_facts(teacher["name"], teacher["revision"])}}
         )
+    options = with_readme_license(options, card_folder or folder)
     policy = license_decision(lineage, repo_id, options)
     license_files = teacher_license_files(lineage.teacher, teacher_folder)
-    if policy.needs_license_copy and not license_files and policy.terms not in _NO_COPY_NEEDED:
-        if not any(os.path.isfile(os.path.join(folder, name)) for name in ("LICENSE", "LICENSE.txt", "LICENSE.md")):
-            raise PushRefusedError(
-                f"The teacher's license ({policy.terms}) requires a copy of it to travel with the student, but no "
-                "LICENSE file could be read from the teacher. Save the teacher's license text as LICENSE in the "
-                "output folder and push again."
-            )
-        policy.duties.append("the teacher's license text, provided by the uploader as LICENSE")
+    user_license = user_license_copy(policy, license_files, [folder, card_folder])
     if local_finetuned_from(options):
         logger.warning(
             f"finetuned_from={options.finetuned_from!r} is a local folder, not a Hub id: the pushed card names it in "
@@ -400,7 +478,9 @@ def push_folder(
     contents = push_contents(
         folder, lineage, policy, repo_id, options, license_files, skip, checkpoint_folder, checkpoint_name, card_folder
     )
-    check_no_secrets(contents, [os.path.abspath(folder), *(local_paths or [])], token)
+    for name, path in user_license.items():  # the output folder's LICENSE, for a push from a checkpoint
+        contents.setdefault(name, path)
+    check_no_secrets(contents, [os.path.abspath(folder), *(local_paths or [])], known_tokens(token, *extra_tokens))
     ModelCard(contents["README.md"].decode("utf-8")).validate()  # the Hub's own check, before the repo is touched
     api = api if api is not None else HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True, token=token).repo_id

@@ -48,8 +48,8 @@ def label_permutation(student: nn.Module, teacher: nn.Module) -> list[int] | Non
         return None
     if len(student_labels) != len(teacher_labels):
         raise ValueError(
-            f"The student classifies into {len(student_labels)} labels ({_listed(student_labels)}) and the teacher "
-            f"into {len(teacher_labels)} ({_listed(teacher_labels)}); distillation needs the same classes. Build the "
+            f"The student classifies into {_count(student_labels)} ({_listed(student_labels)}) and the teacher "
+            f"into {_count(teacher_labels)} ({_listed(teacher_labels)}); distillation needs the same classes. Build the "
             "student with the teacher's labels (e.g. `num_labels`, `id2label` and `label2id` from the teacher's "
             "config)."
         )
@@ -70,6 +70,68 @@ def label_permutation(student: nn.Module, teacher: nn.Module) -> list[int] | Non
         f"student's order ({_listed(student_labels)})."
     )
     return permutation
+
+
+def _count(labels: list[str]) -> str:
+    return f"{len(labels)} label" + ("" if len(labels) == 1 else "s")
+
+
+_UNSUPPORTED = ("regression", "multi_label_classification")
+
+
+def _problem_type(model: nn.Module) -> str | None:
+    """`"regression"` or `"multi_label_classification"` when the model's head is one (from `config.problem_type`, or,
+    as transformers decides, `num_labels=1` on a per-example classification head); else `None`."""
+    base = unwrap_peft(model)
+    config = getattr(base, "config", None)
+    problem_type = getattr(config, "problem_type", None)
+    if problem_type in _UNSUPPORTED:
+        return problem_type
+    name = type(base).__name__
+    per_example = "Classification" in name and not name.endswith("ForTokenClassification")
+    if problem_type is None and per_example and getattr(config, "num_labels", None) == 1:
+        return "regression"
+    return None
+
+
+def _unsupported_message(what: str, problem_type: str, fix: str) -> str:
+    return (
+        f"{what} is a {problem_type.replace('_', '-')} model (problem_type={problem_type!r}). DistillationTrainer "
+        "distils single-label classification, language-model and seq2seq logits only (a softmax over classes or "
+        f"tokens); regression and multi-label outputs are not distributions it can match. {fix}"
+    )
+
+
+def check_problem_type(model: nn.Module | None, who: str) -> None:
+    """Refuse a regression or multi-label classification model (`who`: "student" or "teacher") when the trainer is
+    built, rather than with a confusing error at the first step.
+
+    Raises:
+        `ValueError`: naming `problem_type` and what is supported.
+    """
+    if not isinstance(model, nn.Module):
+        return
+    problem_type = _problem_type(model)
+    if problem_type is None:
+        return
+    fix = (
+        "Train it with plain `Trainer`, or give it `num_labels>=2` and problem_type='single_label_classification' "
+        "with integer class labels."
+    )
+    raise ValueError(_unsupported_message(f"The {who} ({type(unwrap_peft(model)).__name__})", problem_type, fix))
+
+
+def check_class_labels(labels: torch.Tensor | None) -> None:
+    """Refuse floating-point labels (regression targets, multi-hot rows): no distilled task has them. A dtype check,
+    no device sync."""
+    if labels is not None and labels.is_floating_point():
+        problem_type = "regression" if labels.dim() == 1 else "multi_label_classification"
+        raise ValueError(
+            _unsupported_message(
+                f"The batch's labels are floating point ({tuple(labels.shape)}), so the task", problem_type,
+                "Give integer class labels (class ids, -100 for ignored positions), or train with plain `Trainer`.",
+            )
+        )  # fmt: skip
 
 
 def _listed(labels: list[str]) -> str:

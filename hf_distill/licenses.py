@@ -266,9 +266,9 @@ def decide(
                 "Use the teacher's license, or pass acknowledge_teacher_license=True if you have the right to "
                 "relicense."
             )
-    if student_license:
+    if student_license and not (carries_over and student_license == teacher_license["id"]):
         decision.student_license = {"id": student_license}
-    elif carries_over:
+    elif carries_over:  # also when the student's license is stated as the teacher's: its name, link and duty
         decision.student_license = dict(teacher_license)
         decision.duties.append(f"student distributed under the teacher's license ({teacher_license['id']})")
 

@@ -93,6 +93,8 @@ class Lineage:
         problems = _problems(data)
         bad = {name.split(".")[0] for name, _ in problems}
         readable = {f.name: data.get(f.name) for f in dataclasses.fields(cls) if f.name not in bad and f.name in data}
+        if "schema" in data:  # the record's own schema, even an unreadable one, so the readable rest shows it
+            readable["schema"] = data["schema"]
         for required in ("teacher", "student", "objective"):
             readable.setdefault(required, None)
         lineage = cls(**readable)
@@ -136,6 +138,13 @@ def _problems(data: dict[str, Any]) -> list[tuple[str, str]]:
         sha256 = teacher.get("weights_sha256")
         if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
             problems.append(("teacher.weights_sha256", f"{sha256!r} is not a SHA-256 hex digest"))
+        license_record = teacher.get("license")
+        if license_record is not None and not isinstance(license_record, dict):
+            problems.append(
+                ("teacher.license", f"{license_record!r} is not a mapping like {{'id': 'apache-2.0'}} (or null)")
+            )
+        elif isinstance(license_record, dict) and not isinstance(license_record.get("id"), (str, type(None))):
+            problems.append(("teacher.license.id", f"{license_record.get('id')!r} is not a license id string"))
     student = data.get("student") if isinstance(data.get("student"), dict) else {}
     init = student.get("init")
     if student and not (isinstance(init, dict) and init.get("kind") in STUDENT_INITS):

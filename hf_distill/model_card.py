@@ -21,7 +21,8 @@ SECTION_START = "<!-- hf_distill:lineage:start -->"
 SECTION_END = "<!-- hf_distill:lineage:end -->"
 HUB_URL = "https://huggingface.co"
 TAGS = ("distillation", "hf-distill")
-# Keys of the card metadata that hf_distill owns: an existing README's values are replaced.
+# Keys of the card metadata that hf_distill owns: an existing README's values are replaced (kept where hf_distill has
+# none for license and base model; see `_merge_metadata`).
 OWNED_KEYS = (
     "license",
     "license_name",
@@ -239,13 +240,28 @@ def _template() -> jinja2.Template:
     return env.from_string(text)
 
 
+# Duties met by a file that only a push adds (`hf_distill.hub.push_contents`); a local card says so.
+_PUSH_FILE_DUTIES = ("NOTICE file", "a copy of the teacher's license", "the teacher's license text")
+
+
+def _duties(policy: LicenseDecision, pushed: bool) -> list[str]:
+    if pushed:
+        return list(policy.duties)
+    return [f"{d} (added by a push with hf_distill)" if d.startswith(_PUSH_FILE_DUTIES) else d for d in policy.duties]
+
+
 def render_body(
-    lineage: Lineage, policy: LicenseDecision, repo_id: str, local_finetuned_from: str | None = None
+    lineage: Lineage,
+    policy: LicenseDecision,
+    repo_id: str,
+    local_finetuned_from: str | None = None,
+    pushed: bool = True,
 ) -> str:
     """The card's Markdown body (title, then the hf_distill section between its markers).
 
     `local_finetuned_from` is the folder name (never the path) of a local checkpoint the user says the student was
-    fine-tuned from: shown in the lineage table, as it cannot be a `base_model`.
+    fine-tuned from: shown in the lineage table, as it cannot be a `base_model`. With `pushed=False` (a card written
+    locally) the duties met by files only a push adds (NOTICE, the license copy) are worded as what a push adds.
     """
     teacher = lineage.teacher
     return _template().render(
@@ -256,6 +272,7 @@ def render_body(
         student=lineage.student,
         evaluation=lineage.evaluation,
         policy=policy,
+        duties=_duties(policy, pushed),
         teacher_link=_model_link(teacher),
         teacher_revision=_revision_text(teacher),
         teacher_license=_license_text(teacher.get("license")),
@@ -296,6 +313,19 @@ def _merge_metadata(existing: dict[str, Any], ours: dict[str, Any]) -> dict[str,
     for key, value in ours.items():
         if key not in ("tags", "datasets"):
             merged[key] = value
+    # The user's own values for what hf_distill leaves empty: their license (its name and link only with it), their
+    # base model (never a local path).
+    stated = existing.get("license")
+    if isinstance(stated, str) and stated and ours.get("license") in (None, stated):
+        for key in ("license", "license_name", "license_link"):
+            if key not in ours and isinstance(existing.get(key), str):
+                merged[key] = existing[key]
+    base = existing.get("base_model")
+    bases = [base] if isinstance(base, str) else base if isinstance(base, list) else []
+    if "base_model" not in ours and bases and all(isinstance(b, str) and b and not is_local(b) for b in bases):
+        merged["base_model"] = base
+        if isinstance(existing.get("base_model_relation"), str):
+            merged["base_model_relation"] = existing["base_model_relation"]
     return merged
 
 
@@ -305,17 +335,18 @@ def render_card(
     repo_id: str,
     existing: str | None = None,
     local_finetuned_from: str | None = None,
+    pushed: bool = True,
     **metadata_options: Any,
 ) -> str:
     """The full README.md: front matter and body; merged into `existing` when there is one. `metadata_options` go to
-    `card_metadata`; `local_finetuned_from` to `render_body`.
+    `card_metadata`; `local_finetuned_from` and `pushed` to `render_body`.
 
     An existing README keeps its own metadata (hf_distill's keys are replaced, tags and datasets are joined) and its
     own text; the hf_distill section replaces the one between the markers of an earlier render, or is appended.
     A generated placeholder card (transformers'/peft's defaults) is replaced.
     """
     meta = card_metadata(lineage, policy, repo_id, **metadata_options)
-    body = render_body(lineage, policy, repo_id, local_finetuned_from)
+    body = render_body(lineage, policy, repo_id, local_finetuned_from, pushed)
     if existing:
         old_meta, old_body = split_card(existing)
         meta = _merge_metadata(old_meta, meta)

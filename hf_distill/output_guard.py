@@ -3,10 +3,12 @@ the trainer saves checkpoints and the final model there, and rotates (deletes) o
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from typing import Any
 
 from torch import nn
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import assets
 from .config import distillation_setting
@@ -67,10 +69,20 @@ def protected_folders(
     return folders
 
 
+def _in_a_checkpoint_of(folder: str, output_dir: str) -> str | None:
+    """The `checkpoint-*` folder of `output_dir` that holds `folder` (Trainer saves into and rotates those), else
+    `None`. Other subfolders of `output_dir` are left alone by Trainer (`save_model` writes files at its root)."""
+    if folder == output_dir or os.path.commonpath([folder, output_dir]) != output_dir:
+        return None
+    first = os.path.relpath(folder, output_dir).split(os.sep)[0]
+    return os.path.join(output_dir, first) if fnmatch.fnmatchcase(first, f"{PREFIX_CHECKPOINT_DIR}-*") else None
+
+
 def check_output_dir(
     output_dir: Any, student: nn.Module | None, teacher: Any = None, teacher_cache: Any = None, args: Any = None
 ) -> None:
-    """Refuse an `output_dir` equal to, or inside, a folder this run reads a model or cache from.
+    """Refuse an `output_dir` equal to, or inside, a folder this run reads a model or cache from, and one that holds
+    such a folder inside its `checkpoint-*` folders (which Trainer overwrites and rotates away).
 
     Paths are compared after `~` expansion and with symlinks resolved (`os.path.realpath`), relative paths against the
     current directory; Hub ids name no local folder and are not compared.
@@ -83,6 +95,16 @@ def check_output_dir(
     target = os.path.realpath(os.path.expanduser(str(output_dir)))
     for what, folder in protected_folders(student, teacher, teacher_cache, args):
         inside = os.path.commonpath([target, folder]) == folder
+        rotated = _in_a_checkpoint_of(folder, target)
+        if rotated:
+            raise ValueError(
+                f"{what[0].upper()}{what[1:]} {folder!r} is inside output_dir={str(output_dir)!r}, in its "
+                f"checkpoint folder {rotated!r}: the trainer writes the student's checkpoints into "
+                f"'{PREFIX_CHECKPOINT_DIR}-<step>' folders there and checkpoint rotation (save_total_limit) deletes "
+                "old ones, so this run could overwrite or delete the files it reads (and get_last_checkpoint would "
+                "pick it to resume from). Choose another output_dir, e.g. "
+                f"{os.path.join(target, 'distilled-student')!r}, or move the folder out of it."
+            )
         if inside:
             where = "is" if target == folder else "is inside"
             raise ValueError(

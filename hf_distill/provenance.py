@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, RevisionResolutionError
-from huggingface_hub.repocard import metadata_load
 from safetensors import safe_open
 from torch import nn
 
 from . import assets
+from .safe_yaml import card_metadata_of
 
 UNRESOLVED = "unresolved"
 SOURCE_ATTRIBUTE = "_hf_distill_source"
@@ -117,9 +117,22 @@ def source_of(name_or_path: str, revision: str | None = None) -> dict[str, Any]:
     return {"name": name_or_path, "source": "hub", "revision": sha, **hub_card_facts(name_or_path, sha)}
 
 
-def license_of(card_data: dict[str, Any] | None) -> dict[str, Any] | None:
-    """`{"id", "name", "link"}` from a card's metadata (`license`, `license_name`, `license_link`); `None` without."""
+def license_of(card_data: dict[str, Any] | None, where: str = "the card") -> dict[str, Any] | None:
+    """`{"id", "name", "link"}` from a card's metadata (`license`, `license_name`, `license_link`); `None` without.
+    A `license` or `license_name` / `license_link` that is not a string makes the license unknown, with a warning."""
     if not card_data or not card_data.get("license"):
+        return None
+    wrong = [
+        k
+        for k in ("license", "license_name", "license_link")
+        if card_data.get(k) and not isinstance(card_data[k], str)
+    ]
+    if wrong:
+        warnings.warn(
+            f"{where}: {', '.join(wrong)} is not a string (got {type(card_data[wrong[0]]).__name__}); the teacher's "
+            "license is recorded as unknown.",
+            stacklevel=2,
+        )
         return None
     record = {"id": card_data["license"]}
     for key in ("name", "link"):
@@ -130,7 +143,15 @@ def license_of(card_data: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _local_license(folder: str) -> dict[str, Any] | None:
     readme = os.path.join(folder, "README.md")
-    return license_of(metadata_load(readme)) if os.path.isfile(readme) else None
+    if not os.path.isfile(readme):
+        return None
+    where = f"{os.path.basename(os.path.normpath(folder))}/README.md"
+    try:
+        metadata = card_metadata_of(readme)
+    except ValueError as error:  # aliases, oversized, not YAML: never expanded, never trusted
+        warnings.warn(f"{where}: {error}; the teacher's license is recorded as unknown.", stacklevel=2)
+        return None
+    return license_of(metadata, where)
 
 
 def hub_card_facts(repo_id: str, sha: str) -> dict[str, Any]:
@@ -142,7 +163,7 @@ def hub_card_facts(repo_id: str, sha: str) -> dict[str, Any]:
     sizes = [s.size for s in info.siblings or [] if s.size is not None and s.rfilename.endswith(_WEIGHT_SUFFIXES)]
     return {
         "weights_bytes": sum(sizes) if sizes else None,
-        "license": license_of(info.card_data.to_dict() if info.card_data is not None else None),
+        "license": license_of(info.card_data.to_dict() if info.card_data is not None else None, f"{repo_id}'s card"),
     }
 
 

@@ -14,7 +14,17 @@ from .adapters import is_peft_model, merged_copy
 from .atomic import write_text
 from .comparison import compare_with_teacher
 from .config import distillation_setting
-from .hub import TRAINING_STATE, PushOptions, folder_card, license_decision, push_folder
+from .hub import (
+    TRAINING_STATE,
+    PushOptions,
+    folder_card,
+    license_decision,
+    needs_license_copy,
+    push_folder,
+    teacher_license_files,
+    user_license_copy,
+    with_readme_license,
+)
 from .licenses import LicenseDecision
 from .lineage import Lineage, build_lineage, dataset_records
 from .logs import get_logger
@@ -126,9 +136,20 @@ class PublishingMixin:
                 f"push_to_hub() got unknown arguments {unknown}; it takes commit_message, blocking, token, revision, "
                 f"private and the card arguments {', '.join(known)} (plus Trainer's dataset, dataset_tags)."
             )
-        return PushOptions(
+        options = PushOptions(
             **{**defaults, **kwargs, "datasets": datasets or None, "tags": _as_list(kwargs.get("tags")) or None}
         )
+        return with_readme_license(options, self.args.output_dir)  # the user's README license, unless license=
+
+    def _push_preflight(self) -> None:
+        """Before training, when `args.push_to_hub`: refuse now what the pushes would refuse after training (the
+        teacher's license terms; a license copy the terms need that neither the teacher nor the output folder has)."""
+        lineage = self.lineage()
+        policy = license_decision(lineage, self._repo_id(self.args.hub_token, False), self._push_options({}))
+        if needs_license_copy(policy):
+            teacher = self.teacher_model
+            folder = None if isinstance(teacher, SharedBaseTeacher) else local_folder(teacher)
+            user_license_copy(policy, teacher_license_files(lineage.teacher, folder), [self.args.output_dir])
 
     def _local_paths(self) -> list[str]:
         teacher = self.teacher_model
@@ -156,6 +177,7 @@ class PublishingMixin:
             card_folder=self.args.output_dir,
             token=token or get_token(),
             api=self._hub_client(),
+            extra_tokens=(token, self.args.hub_token),
             **push_arguments,
         )
 
@@ -221,7 +243,7 @@ class PublishingMixin:
             )
         folder = self.args.output_dir
         adapter = os.path.isfile(os.path.join(folder, "adapter_config.json"))
-        card = folder_card(record, policy, repo_id, options, folder, adapter)
+        card = folder_card(record, policy, repo_id, options, folder, adapter, pushed=False)
         os.makedirs(folder, exist_ok=True)
         write_text(os.path.join(folder, "README.md"), card)  # atomic: the user's README is never left half-written
 

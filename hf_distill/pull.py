@@ -18,11 +18,18 @@ from typing import Any
 
 import yaml
 from huggingface_hub import HfApi, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 from huggingface_hub.utils import validate_repo_id
 
 from .lineage import LINEAGE_FILE, Lineage, LineageError
 from .provenance import is_commit_sha, is_local
+from .safe_yaml import NoAliasLoader as _NoAliasLoader
 from .terminal import printable
 
 DEFAULT_MAX_DEPTH = 64
@@ -91,7 +98,8 @@ class PulledLineage:
 
 def _describe(record: Lineage) -> str:
     teacher = record.teacher or {}
-    license_id = (teacher.get("license") or {}).get("id", "unknown")
+    license_record = teacher.get("license")
+    license_id = license_record.get("id", "unknown") if isinstance(license_record, dict) else "unknown"
     init = ((record.student or {}).get("init") or {}).get("kind", "?")
     loss = (record.objective or {}).get("kd_loss", "?")
     return f"distilled from {teacher.get('name')} ({loss}, student init {init}, teacher license {license_id})"
@@ -105,19 +113,6 @@ def _from_metadata(metadata: dict[str, Any] | None, where: str) -> Lineage | Non
     except LineageError as error:
         error.args = (f"{where}: {error.args[0]} The rest of the record is in the error's `lineage`.",)
         raise
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that refuses aliases (`*name`): with them a few hundred bytes can stand for billions of
-    nodes (the "billion laughs" card); card metadata never needs them."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, "YAML aliases (*name) are not accepted in card metadata", event.start_mark
-            )
-        return super().compose_node(parent, index)
 
 
 def _read_capped(path: str, what: str) -> str:
@@ -139,6 +134,8 @@ def front_matter(text: str, where: str = "README.md") -> dict[str, Any]:
         return {}
     try:
         metadata = yaml.load(match.group(1), Loader=_NoAliasLoader) or {}
+    except RecursionError:  # `[[[[...` nested deeper than the parser's stack
+        raise LineageError([(f"{where} front matter", "nested too deeply to be lineage metadata")]) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f" at line {mark.line + 2}, column {mark.column + 1}" if mark is not None else ""
@@ -153,10 +150,14 @@ def _load_json(path: str, what: str) -> Lineage:
         data = json.loads(_read_capped(path, what))
     except json.JSONDecodeError as error:
         raise LineageError([(what, f"not JSON ({error})")]) from None
+    except RecursionError:  # `[[[[...` nested deeper than the decoder's stack: not a lineage record
+        raise LineageError([(what, "JSON nested too deeply to be a lineage record")]) from None
     return Lineage.from_dict(data)
 
 
 def _read_local(folder: str) -> Lineage:
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: no such folder (give a saved student's folder or a Hub model id).")
     readme = os.path.join(folder, "README.md")
     if os.path.isfile(readme):
         metadata = front_matter(_read_capped(readme, readme), readme)
@@ -171,7 +172,10 @@ def _read_local(folder: str) -> Lineage:
 
 
 def _read_hub(repo_id: str, revision: str | None, token: str | None) -> tuple[Lineage, str]:
-    info = HfApi(token=token).model_info(repo_id, revision=revision)
+    try:
+        info = HfApi(token=token).model_info(repo_id, revision=revision)
+    except RecursionError:  # card metadata nested deeper than the JSON decoder's stack
+        raise LineageError([(f"{repo_id} card metadata", "nested too deeply to be lineage metadata")]) from None
     metadata = info.card_data.to_dict() if info.card_data is not None else None
     record = _from_metadata(metadata, f"{repo_id}@{info.sha} README.md (distillation metadata)")
     if record is None:
@@ -189,7 +193,9 @@ def _read_hub(repo_id: str, revision: str | None, token: str | None) -> tuple[Li
             )
         try:
             path = hf_hub_download(repo_id, LINEAGE_FILE, revision=info.sha, token=token)
-        except EntryNotFoundError:
+        except EntryNotFoundError as error:
+            if isinstance(error, LocalEntryNotFoundError):  # offline and not cached: not "missing"
+                raise
             raise LineageNotFoundError(f"{where} is missing; it was not pushed by hf_distill.") from None
         record = _load_json(path, where)
     return record, info.sha
@@ -214,7 +220,9 @@ def read_lineage(
             one read gets a `teacher_note` saying that the walk stopped there.
 
     Raises:
-        `LineageNotFoundError`: the model has no lineage. `LineageError`: malformed metadata (or a card or lineage
+        `FileNotFoundError`: a local path that is not a folder. `OSError` subclasses of huggingface_hub
+        (`RepositoryNotFoundError`, `RevisionNotFoundError`, `OfflineModeIsEnabled`, ...) for a Hub model that cannot
+        be read. `LineageNotFoundError`: the model has no lineage. `LineageError`: malformed metadata (or a card or lineage
         file over `MAX_LINEAGE_BYTES`, or card YAML with aliases); it names the field and carries the readable rest
         as `.lineage`.
     """

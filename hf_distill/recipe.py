@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import math
 import os
 import typing
@@ -252,7 +253,12 @@ def _apply_override(raw: dict[str, Any], dotted: str, value: str) -> None:
     parsed = yaml.safe_load(value)
     section, _, key = dotted.partition(".")
     if key and section in (*_SECTIONS, *_OFFLINE_SECTIONS, "args"):
-        raw.setdefault(section, {})[key] = parsed
+        target = raw.setdefault(section, {})
+        if target is None:
+            target = raw[section] = {}
+        if not isinstance(target, dict):
+            raise ValueError(f"`{section}` must be a mapping to take --{dotted}, got {type(target).__name__}.")
+        target[key] = parsed
     elif dotted == "task":
         raw["task"] = parsed
     else:
@@ -379,6 +385,11 @@ def _check_ranges(recipe: Recipe) -> None:
         value = recipe.args.get(name)
         if value is not None and value < low:
             raise ValueError(f"args.{name}={value!r}; use {'an integer' if low == 1 else 'a number'} >= {low}.")
+    max_steps = recipe.args.get("max_steps")
+    if max_steps is not None and max_steps != -1 and max_steps < 1:  # Trainer would silently train by epochs
+        raise ValueError(
+            f"args.max_steps={max_steps!r}; use an integer >= 1, or -1 (or leave it out) to train for num_train_epochs."
+        )
     for section in ("cache", "generate"):
         spec = getattr(recipe, section)
         if spec is not None and spec.logprob_dtype not in LOGPROB_DTYPES:
@@ -415,6 +426,11 @@ def _load_recipe(path: str, overrides: list[tuple[str, str]] | None) -> Recipe:
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: the top level must be a mapping.")
+    if raw.get("args") is not None and not isinstance(raw["args"], dict):
+        raise ValueError(
+            f"{path}: `args` must be a mapping of DistillationConfig fields (e.g. `learning_rate: 5.0e-4`), got "
+            f"{type(raw['args']).__name__}."
+        )
     for key, value in overrides or []:
         _apply_override(raw, key, value)
     unknown = sorted(set(raw) - {"task", "args", "peft", *_SECTIONS, *_OFFLINE_SECTIONS})
@@ -490,10 +506,71 @@ def _check_file(name: str | None, where: str, folder_ok: bool = False) -> None:
         raise ValueError(f"{where}={name!r}: no such {'file or folder' if folder_ok else 'file'}.")
 
 
+def _readable_config(name: str | None) -> dict[str, Any] | None:
+    """The `config.json` of a teacher that is a local folder, or a packaged model whose folder already holds one
+    (read as JSON: no weights are loaded, nothing is converted or downloaded); `None` otherwise."""
+    if not name:
+        return None
+    try:
+        if assets.is_packaged(name):
+            folder = assets.packaged_model_dir(name)  # the installed package (SmolLM2's holds only its GGUF file)
+        elif _looks_local(name):
+            folder = os.path.expanduser(name)
+        else:
+            return None
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError, ImportError):  # unreadable here: the loader reports it
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _check_teacher_layers(recipe: Recipe) -> None:
+    """`student.layers` within the teacher's `num_hidden_layers`, when its config can be read without loading it."""
+    if recipe.student.init != "teacher_layers" or not recipe.student.layers:
+        return
+    config = _readable_config(recipe.teacher.model_name_or_path) or {}
+    count = next((config[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if k in config), None)
+    if isinstance(count, bool) or not isinstance(count, int):
+        return
+    bad = [i for i in recipe.student.layers if i >= count]
+    if bad:
+        raise ValueError(
+            f"student.layers={recipe.student.layers!r}: the teacher {recipe.teacher.model_name_or_path!r} has {count} "
+            f"layers (num_hidden_layers in its config.json), so {', '.join(map(str, bad))} is out of range; use "
+            f"indices in [0, {count - 1}]."
+        )
+
+
+def _check_output_dir(recipe: Recipe) -> None:
+    """`args.output_dir` not equal to or inside a local folder the run reads (teacher, student, teacher cache)."""
+    from .output_guard import check_output_dir
+
+    output_dir = recipe.args.get("output_dir")
+    if not isinstance(output_dir, str) or not output_dir:
+        return
+
+    def local(name: str | None) -> str | None:  # packaged models live in their own cache, never resolved here
+        return name if isinstance(name, str) and name and not assets.is_packaged(name) and _looks_local(name) else None
+
+    try:
+        check_output_dir(
+            output_dir,
+            student=local(recipe.student.model_name_or_path),
+            teacher=local(recipe.teacher.model_name_or_path),
+            teacher_cache=local(recipe.args.get("teacher_cache")),
+        )
+    except ValueError as error:  # name the recipe key
+        message = str(error)
+        raise ValueError(f"args.{message}" if message.startswith("output_dir=") else message) from None
+
+
 def check_recipe_files(path: str, recipe: Recipe) -> None:
     """Refuse a recipe that names a missing local file or folder (teacher, student, text, data files, teacher cache,
-    DeepSpeed config), before anything is loaded. Hub ids and packaged assets are left to their loaders (offline, a
-    Hub id may only be in the local cache).
+    DeepSpeed config), `student.layers` beyond the teacher's layers (when its `config.json` is on disk), or an
+    `args.output_dir` equal to or inside the teacher's, the student's or the teacher cache's folder, before anything
+    is loaded. Hub ids and packaged assets are left to their loaders (offline, a Hub id may only be in the local
+    cache).
 
     Raises:
         `RecipeError`: `"<path>: <field>='<value>': no such file."`.
@@ -521,5 +598,7 @@ def check_recipe_files(path: str, recipe: Recipe) -> None:
             value = recipe.args.get(name)
             if isinstance(value, str):
                 _check_file(value, f"args.{name}")
+        _check_teacher_layers(recipe)
+        _check_output_dir(recipe)
     except ValueError as error:
         raise RecipeError(_one_line(path, error)) from error

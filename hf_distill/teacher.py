@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,7 +151,7 @@ class SharedBaseTeacher(nn.Module):
         return None if head is None else base_head(head)
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        return unwrap_peft(self.student).prepare_decoder_input_ids_from_labels(labels=labels)
+        return decoder_input_ids_from_labels(self.student, labels)
 
     def forward(self, **inputs: Any) -> Any:
         student = self.student
@@ -239,7 +240,40 @@ def decoder_inputs(model: nn.Module, inputs: dict[str, Any], labels: torch.Tenso
     the forward (the trainer computes its own losses) and both models decode the same targets."""
     if not is_encoder_decoder(model) or labels is None or inputs.get("decoder_input_ids") is not None:
         return inputs
-    return {**inputs, "decoder_input_ids": unwrap_peft(model).prepare_decoder_input_ids_from_labels(labels=labels)}
+    return {**inputs, "decoder_input_ids": decoder_input_ids_from_labels(model, labels)}
+
+
+def decoder_input_ids_from_labels(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """The `decoder_input_ids` the model's own forward would build from `labels`.
+
+    Most seq2seq models expose `prepare_decoder_input_ids_from_labels`; some (Blenderbot, BlenderbotSmall, M2M100,
+    NLLB-MoE) only shift inside `forward`. For those, the model module's own `shift_tokens_right(labels, pad_token_id,
+    decoder_start_token_id)` is used when it has that signature, else the same rule: labels shifted right, the first
+    position `config.decoder_start_token_id`, -100 replaced by `config.pad_token_id`.
+    """
+    inner = unwrap_peft(model)
+    prepare = getattr(inner, "prepare_decoder_input_ids_from_labels", None)
+    if callable(prepare):
+        return prepare(labels=labels)
+    config = inner.config
+    pad, start = getattr(config, "pad_token_id", None), getattr(config, "decoder_start_token_id", None)
+    if start is None or pad is None:
+        raise ValueError(
+            f"{type(inner).__name__} has no `prepare_decoder_input_ids_from_labels`, and its config lacks "
+            f"decoder_start_token_id ({start}) or pad_token_id ({pad}) to build decoder inputs from labels; set "
+            "them in the config, or pass `decoder_input_ids` in the batch."
+        )
+    shift = getattr(sys.modules.get(type(inner).__module__), "shift_tokens_right", None)
+    if callable(shift):
+        try:
+            if len(inspect.signature(shift).parameters) == 3:
+                return shift(labels, pad, start)
+        except (TypeError, ValueError):
+            pass
+    shifted = labels.new_zeros(labels.shape)
+    shifted[..., 1:] = labels[..., :-1].clone()
+    shifted[..., 0] = start
+    return shifted.masked_fill(shifted == -100, pad)
 
 
 @torch.no_grad()

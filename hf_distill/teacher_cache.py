@@ -120,9 +120,21 @@ class CacheInfo:
         return info
 
 
+# fnmatch metacharacters: `snapshot_download(allow_patterns=...)` treats each shard name as a pattern.
+GLOB_CHARACTERS = "*?[]"
+
+
 def check_shard_name(name: Any, manifest: str) -> str:
     """Refuse a shard file named in a manifest that is not a plain relative path inside the cache folder
-    (`../x.parquet`, `/etc/x.parquet`): a manifest downloaded from elsewhere must not make us read other files."""
+    (`../x.parquet`, `/etc/x.parquet`): a manifest downloaded from elsewhere must not make us read other files. A
+    name with a pattern character (`*`, `?`, `[`, `]`) or a trailing `/` is refused too: a Hub cache downloads its
+    shards by name through `allow_patterns`, where such a name would match (and fetch) other files of the repo."""
+    if isinstance(name, str) and (any(c in name for c in GLOB_CHARACTERS) or name.endswith("/")):
+        raise ValueError(
+            f"{manifest}: shard file {name!r} contains a pattern character ({' '.join(GLOB_CHARACTERS)}) or ends in "
+            "'/'; a teacher cache manifest names each shard by its exact file name (e.g. 'shard-00000.parquet'). "
+            "Re-create the cache."
+        )
     normalized = os.path.normpath(name) if isinstance(name, str) and name else ""
     if (
         not normalized
@@ -217,7 +229,8 @@ def load_teacher_cache(path_or_repo: str, revision: str | None = None, token: st
         pinned = sha if len(sha) == 40 else revision
         # The manifest first, checked; then only the files it names (the repo may hold anything else).
         manifest = hf_hub_download(path_or_repo, CACHE_INFO_FILE, repo_type="dataset", revision=pinned, token=token)
-        shards = [shard["file"] for shard in CacheInfo.load(os.path.dirname(manifest)).shards]
+        # Names checked by CacheInfo.load (plain relative paths, no pattern characters), normalized as on the Hub.
+        shards = [os.path.normpath(shard["file"]) for shard in CacheInfo.load(os.path.dirname(manifest)).shards]
         folder = snapshot_download(
             path_or_repo,
             repo_type="dataset",

@@ -17,8 +17,7 @@ from .cached_loss import cached_objective
 from .checkpoints import resolve_resume
 from .config import distillation_setting, kd_objective_from_args
 from .finite import FiniteCheck
-from .hub import license_decision
-from .label_mapping import apply_permutation
+from .label_mapping import apply_permutation, check_class_labels, check_problem_type
 from .lm_head import capture_head_input, chunk_size_for, heads_reproduce_logits, linear_head, slice_batch
 from .logs import get_logger
 from .losses import KDObjective, ObjectiveSums, count_targets, normalize_token_sum, objective_sums
@@ -113,6 +112,8 @@ class DistillationTrainer(PublishingMixin, Trainer):
             )
         # Before anything loads, and before Trainer creates output_dir (a Hub id must not then pass for a folder).
         check_output_dir(getattr(args, "output_dir", None), model, teacher_model, teacher_cache, args)
+        check_problem_type(model, "student")
+        check_problem_type(teacher_model, "teacher")  # a model object; one given by name is checked once loaded
         super().__init__(wrap_student(model, peft_config), args, *trainer_args, **trainer_kwargs)
         self.kd_objective: KDObjective = kd_objective_from_args(self.args)
         if teacher_cache is not None:
@@ -124,6 +125,7 @@ class DistillationTrainer(PublishingMixin, Trainer):
             teacher_model, self.model, self.args, self.accelerator, self.processing_class, teacher_processing_class
         )
         self.teacher_model, self._shared_vocab = setup.model, setup.shared_vocab
+        check_problem_type(self.teacher_model, "teacher")
         self._teacher_placement, self._teacher_device = setup.placement, setup.device
         if isinstance(self.teacher_model, CachedTeacher):  # train on the cache's rows, padded with their columns
             self.train_dataset = cache_rows(self.teacher_model.cache, self.train_dataset)
@@ -210,6 +212,7 @@ class DistillationTrainer(PublishingMixin, Trainer):
     def _batch_sums(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any) -> tuple:
         """`(ObjectiveSums, student outputs)` of one micro-batch, on whichever path (cached, chunked, logits)."""
         labels = inputs.get("labels")
+        check_class_labels(labels)
         features = {k: v for k, v in inputs.items() if k not in _LABEL_COLUMNS}
         student_inputs = select_arguments(decoder_inputs(model, features, labels), self._student_arguments)
         if isinstance(self.teacher_model, CachedTeacher):
@@ -282,12 +285,13 @@ class DistillationTrainer(PublishingMixin, Trainer):
             run_teacher(self.teacher_model, features, labels)
         with capture_head_input(self.model) as student_hidden:
             outputs = model(**student_inputs)  # the wrapped model: DDP/FSDP hooks and adapters see this forward
+        teacher_features, teacher_head = teacher_hidden.features(), linear_head(self.teacher_model)
         sums = chunked_objective_sums(
             self.kd_objective,
             student_hidden.features(),
             linear_head(self.model),
-            teacher_hidden.features(),
-            linear_head(self.teacher_model),
+            teacher_features,
+            teacher_head,
             labels,
             self._position_attention_mask(features),
             self._shift_labels,
@@ -295,7 +299,9 @@ class DistillationTrainer(PublishingMixin, Trainer):
             vocab_size=self._shared_vocab,
             require_labels=model.training,
         )
-        self._finite_check.observe(model, sums, teacher_hidden.hidden_states, student_hidden.hidden_states)
+        self._finite_check.observe(
+            model, sums, teacher_features, student_hidden.hidden_states, teacher_head=teacher_head
+        )
         return sums, outputs
 
     def _cached_sums(self, model: nn.Module, inputs: dict[str, Any], labels: Any) -> tuple:
@@ -357,7 +363,9 @@ class DistillationTrainer(PublishingMixin, Trainer):
         """`{prefix}_loss` keeps its `Trainer` meaning (the student's label loss, from `prediction_step`); the objective
         over every valid position is `{prefix}_distillation_loss`, and `{prefix}_loss` too when no batch had labels."""
         self._eval_metrics = DistillationMetrics.zeros(self.args.device)
+        self._finite_check.start_evaluation()
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        self._finite_check.warn_after_evaluation(metric_key_prefix)
         distillation = self._eval_metrics.summarize(self._reduce_sum, prefix=f"{metric_key_prefix}_", objective=True)
         output.metrics.update(distillation)
         if f"{metric_key_prefix}_loss" not in output.metrics and distillation:
@@ -399,7 +407,7 @@ class DistillationTrainer(PublishingMixin, Trainer):
             if preflight == "refuse" and not plan.fits:
                 raise ValueError(refusal_message(plan))
         if self.args.push_to_hub:  # a push the teacher's license refuses must fail now, not after training
-            license_decision(self.lineage(), self._repo_id(self.args.hub_token, False), self._push_options({}))
+            self._push_preflight()  # the license terms, and a license copy they need (publishing.py)
         if self.is_world_process_zero():
             student = sum(p.numel() for p in self.model.parameters()) / 1e6
             trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad) / 1e6

@@ -15,11 +15,11 @@ MODULES = sorted(glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True))
 
 # Lower layers never import higher ones.
 LAYERS = [
-    {"atomic", "terminal"},  # import nothing of hf_distill
+    {"atomic", "terminal", "safe_yaml"},  # import nothing of hf_distill
     {"logs", "checkpoints"},
     {"losses", "tasks", "assets", "placement", "provenance", "licenses", "teacher_cache", "task_metrics"},
-    {"config", "metrics", "student_init", "recipe", "report", "adapters", "finite", "label_mapping", "vocabulary"},
-    {"teacher", "data", "lm_head", "output_guard"},
+    {"config", "metrics", "student_init", "report", "adapters", "finite", "label_mapping", "vocabulary"},
+    {"teacher", "data", "lm_head", "output_guard", "recipe"},
     {"lineage", "teacher_setup", "plan", "comparison", "cache_writer", "cached_loss"},
     {"generation"},
     {"model_card"},

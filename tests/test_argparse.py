@@ -198,11 +198,26 @@ def test_parse_dict_and_files_refuse_bad_types_naming_the_field(tmp_path):
         ({"kd_temperature_scaling": "no"}, TypeError, "kd_temperature_scaling='no' is not a boolean; use true or"),
         ({"teacher_trust_remote_code": 1}, TypeError, "teacher_trust_remote_code=1 is not a boolean"),
         ({"teacher_model_name_or_path": 3}, TypeError, "teacher_model_name_or_path=3 is not a string"),
+        ({"teacher_placement": "gpu9"}, ValueError, "teacher_placement='gpu9': 'gpu9' is neither a placement nor a"),
+        (
+            {"teacher_placement": "cuda:1,tpu"},
+            ValueError,
+            "'tpu' is neither a placement nor a device. Use one of auto",
+        ),
+        ({"teacher_placement": ""}, ValueError, "teacher_placement='': '' is neither a placement nor a device"),
     ],
 )
 def test_distillation_config_checks_types_and_finiteness(tmp_path, values, error, message):
     with pytest.raises(error, match=message.replace("(", "\\(")):
         DistillationConfig(output_dir=str(tmp_path), **values)
+
+
+@pytest.mark.parametrize(
+    "placement", ["auto", "replicate", "shard", "offload", "cpu", "cuda:3", "cuda:0,cuda:1", "mps"]
+)
+def test_every_placement_form_resolve_placement_takes_is_accepted_by_the_config(tmp_path, placement):
+    # Whether the devices exist is checked when the trainer resolves the placement, on the machine that trains.
+    assert DistillationConfig(output_dir=str(tmp_path), teacher_placement=placement).teacher_placement == placement
 
 
 def test_the_seq2seq_config_parses_distillation_and_generation_flags_alike(tmp_path):

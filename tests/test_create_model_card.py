@@ -270,3 +270,16 @@ def test_a_push_leaves_a_local_finetuned_from_out_of_base_model_with_a_warning(h
     assert "base_model" not in meta and str(tmp_path) not in card
     assert meta["distillation"]["teacher"]["license"] == {"id": "mit"}
     assert "| Fine-tuned from | `student-init` (a local checkpoint" in card
+
+
+def test_a_local_card_words_the_files_only_a_push_adds_as_such(tmp_path):
+    llama(64, 2).save_pretrained(tmp_path / "teacher")
+    (tmp_path / "teacher" / "README.md").write_text("---\nlicense: llama3.1\n---\n# teacher\n")
+    trainer = DistillationTrainer(
+        model=llama(32, 1), teacher_model=str(tmp_path / "teacher"), args=TrainingArguments(**_args(tmp_path / "out"))
+    )
+    trainer.create_model_card()
+    _, body, _ = _meta_and_body(tmp_path / "out" / "README.md")
+    duties = [line for line in body.splitlines() if "NOTICE" in line or "copy of the teacher's license" in line]
+    assert len(duties) == 2 and all(line.endswith("(added by a push with hf_distill)") for line in duties), duties
+    assert not os.path.exists(tmp_path / "out" / "NOTICE")

@@ -183,3 +183,52 @@ def test_head_check_that_throws_falls_back_with_one_info_line(tmp_path):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "LM heads" in r.getMessage()]
     expected, _, _ = _loss_and_grads(reference, student, batch)
     torch.testing.assert_close(loss, expected)
+
+
+def _no_prepare_model(kind: str, d_model: int, layers: int):
+    """Seq2seq models that build decoder inputs only inside `forward` (no `prepare_decoder_input_ids_from_labels`)."""
+    from transformers import (
+        BlenderbotConfig,
+        BlenderbotForConditionalGeneration,
+        BlenderbotSmallConfig,
+        BlenderbotSmallForConditionalGeneration,
+        M2M100Config,
+        M2M100ForConditionalGeneration,
+    )
+
+    config_class, model_class = {
+        "m2m100": (M2M100Config, M2M100ForConditionalGeneration),
+        "blenderbot": (BlenderbotConfig, BlenderbotForConditionalGeneration),
+        "blenderbot_small": (BlenderbotSmallConfig, BlenderbotSmallForConditionalGeneration),
+    }[kind]
+    config = config_class(
+        vocab_size=VOCAB, d_model=d_model, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model,
+        max_position_embeddings=64, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=3,
+        bos_token_id=1, eos_token_id=2, decoder_start_token_id=5, forced_eos_token_id=None,
+    )  # fmt: skip
+    return model_class(config)
+
+
+@pytest.mark.parametrize("kind", ["m2m100", "blenderbot", "blenderbot_small"])
+def test_decoder_inputs_without_prepare_method_match_the_models_own(tmp_path, kind):
+    from datasets import Dataset
+
+    from hf_distill.teacher import decoder_input_ids_from_labels
+
+    torch.manual_seed(0)
+    student, teacher = _no_prepare_model(kind, 32, 1), _no_prepare_model(kind, 48, 2)
+    assert not hasattr(student, "prepare_decoder_input_ids_from_labels")
+    batch = collate(examples("seq2seq", 2))
+    ours = decoder_input_ids_from_labels(student, batch["labels"])
+    assert (ours[:, 0] == 5).all() and not (ours == -100).any()
+    student.eval()
+    with torch.no_grad():
+        own = student(input_ids=batch["input_ids"], labels=batch["labels"]).logits
+        built = student(input_ids=batch["input_ids"], decoder_input_ids=ours).logits
+    torch.testing.assert_close(built, own)
+    for chunk in (0, 8):  # the logits path and the memory-efficient path
+        trainer = _trainer(tmp_path / str(chunk), student, teacher, chunk=chunk, max_steps=1, save_strategy="no")
+        trainer.train_dataset = Dataset.from_list(examples("seq2seq", 4))
+        trainer.train()
+        assert trainer.state.global_step == 1

@@ -158,3 +158,47 @@ def test_compare_with_teacher_scores_a_reordered_teacher_in_the_students_label_o
     assert moved_result["metric"]["teacher"] == same["metric"]["teacher"]
     assert moved_result["ce_loss"]["teacher"] == pytest.approx(same["ce_loss"]["teacher"], rel=1e-6)
     assert moved_result["kd_loss"] == pytest.approx(same["kd_loss"], rel=1e-6)
+
+
+def _problem(model, problem_type, num_labels):
+    from transformers import BertForSequenceClassification
+
+    config = copy.deepcopy(model.config)
+    config.num_labels, config.problem_type = num_labels, problem_type
+    return BertForSequenceClassification(config)
+
+
+@pytest.mark.parametrize(
+    ("problem_type", "num_labels", "named"),
+    [("regression", 1, "regression"), (None, 1, "regression"), ("multi_label_classification", 3, "multi_label")],
+    ids=["regression", "num_labels_1", "multi_label"],
+)
+@pytest.mark.parametrize("who", ["student", "teacher"])
+def test_regression_and_multi_label_models_are_refused_at_construction(tmp_path, problem_type, num_labels, named, who):
+    odd = _problem(bert_sequence(32, 1), problem_type, num_labels)
+    student, teacher = (odd, bert_sequence(48, 1)) if who == "student" else (bert_sequence(32, 1), odd)
+    if who == "teacher":  # same class count, so the label check does not speak first
+        student = _problem(student, None, num_labels) if num_labels > 1 else student
+    with pytest.raises(ValueError) as info:
+        _trainer(tmp_path, student, teacher)
+    message = str(info.value)
+    assert f"The {who} (BertForSequenceClassification)" in message
+    assert f"problem_type='{named}" in message and "single-label classification" in message
+    assert "ce_weight=0" not in message
+
+
+def test_floating_point_labels_are_refused_with_the_problem_type(tmp_path):
+    trainer = _trainer(tmp_path, bert_sequence(32, 1), bert_sequence(48, 1))
+    batch = collate(examples("sequence_classification", 4))
+    batch["labels"] = torch.rand(4, 3).round()  # multi-hot rows from a multi-label dataset
+    with pytest.raises(ValueError, match=r"problem_type='multi_label_classification'.*single-label classification"):
+        trainer.compute_loss(trainer.model, batch)
+
+
+def test_a_one_label_count_mismatch_is_grammatical(tmp_path):
+    from transformers import BertForTokenClassification
+
+    config = copy.deepcopy(bert_token(32, 1).config)
+    config.num_labels = 1
+    with pytest.raises(ValueError, match="The student classifies into 1 label \\("):
+        _trainer(tmp_path, BertForTokenClassification(config), bert_token(48, 1))

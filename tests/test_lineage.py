@@ -254,3 +254,22 @@ def test_saved_record_is_the_json_next_to_the_weights(tmp_path, teacher_folder):
     on_disk = Lineage.load(trainer.args.output_dir)
     assert on_disk.to_dict() == trainer.lineage().to_dict()
     assert os.path.isfile(os.path.join(trainer.args.output_dir, LINEAGE_FILE))
+
+
+@pytest.mark.parametrize(
+    "front, why",
+    [
+        ("a: &a [x, x, x]\nb: &b [*a, *a, *a]\nlicense: *b\n", "aliases"),  # a "billion laughs" card, in miniature
+        ("license: [apache-2.0, mit]\n", "not a string"),
+        ("license: other\nlicense_name: {a: 1}\n", "not a string"),
+        ("license: mit\nx: '" + "y" * (1 << 20) + "'\n", "limit"),
+    ],
+)
+def test_a_teachers_card_is_read_without_aliases_and_its_license_must_be_a_string(tmp_path, front, why):
+    from hf_distill.provenance import source_of
+
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "README.md").write_text(f"---\n{front}---\n# teacher\n")
+    with pytest.warns(UserWarning, match=why):
+        record = source_of(str(tmp_path / "teacher"))
+    assert record["license"] is None  # recorded unknown: a push asks for acknowledgement

@@ -11,7 +11,7 @@ from test_model_card import RECORD
 
 from hf_distill import LineageError, read_lineage
 from hf_distill.cli import main
-from hf_distill.lineage import LINEAGE_FILE
+from hf_distill.lineage import LINEAGE_FILE, Lineage
 from hf_distill.pull import MAX_LINEAGE_BYTES
 from hf_distill.teacher_cache import CACHE_INFO_FILE, check_shard_name, load_teacher_cache
 
@@ -122,6 +122,76 @@ def test_the_cli_escapes_control_characters_in_everything_it_prints(tmp_path, ca
     assert "\x1b" not in captured.err + captured.out and "'\\x1b[31m'" in captured.err
 
 
+DEEP_JSON = "[" * 200_000 + "]" * 200_000  # 400 kB, under the size cap, deeper than any decoder's stack
+
+
+def test_deeply_nested_json_is_a_lineage_error_locally_and_a_note_up_a_hub_chain(hub, tmp_path, capsys):
+    folder = tmp_path / "student"
+    folder.mkdir()
+    (folder / LINEAGE_FILE).write_text(DEEP_JSON)
+    with pytest.raises(LineageError, match="JSON nested too deeply to be a lineage record"):
+        read_lineage(str(folder))
+    assert main(["lineage", str(folder)]) == 1
+    assert "nested too deeply" in capsys.readouterr().err
+    (folder / "README.md").write_text(f"---\ndistillation: {DEEP_JSON}\n---\n")  # the card's YAML too
+    with pytest.raises(LineageError, match="README.md front matter`: nested too deeply"):
+        read_lineage(str(folder))
+    sha = hub.add_commit("me/deep-teacher", {LINEAGE_FILE: DEEP_JSON})
+    hub.add_commit("me/student", {"README.md": _card(_record("me/deep-teacher", sha))})
+    chain = read_lineage("me/student").chain()
+    assert [n.repo for n in chain] == ["me/student"] and "nested too deeply" in chain[0].teacher_note
+
+
+@pytest.mark.parametrize(
+    ("license_value", "field"), [("not-a-dict", "teacher.license"), ({"id": 5}, "teacher.license.id")]
+)
+def test_a_license_of_the_wrong_type_is_refused_naming_the_field(tmp_path, capsys, license_value, field):
+    record = copy.deepcopy(RECORD)
+    record["teacher"]["license"] = license_value
+    with pytest.raises(LineageError, match=f"`{field}`: .* is not a") as caught:
+        Lineage.from_dict(record)
+    assert caught.value.field == field
+    folder = tmp_path / "student"
+    folder.mkdir()
+    (folder / LINEAGE_FILE).write_text(json.dumps(record))
+    assert main(["lineage", str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert f"`{field}`" in captured.err and json.loads(captured.out)["objective"] == record["objective"]
+
+
+def test_the_readable_rest_of_a_record_keeps_its_own_schema(tmp_path, capsys):
+    folder = tmp_path / "student"
+    folder.mkdir()
+    (folder / LINEAGE_FILE).write_text(json.dumps({**RECORD, "schema": 2}))
+    assert main(["lineage", str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert "`schema`: 2 is not a schema" in captured.err and json.loads(captured.out)["schema"] == 2
+
+
+def _one_line_error(capsys, argv):
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    return captured.err
+
+
+def test_the_cli_reports_unreadable_models_in_one_line(hub, tmp_path, capsys):
+    hub.add_commit("me/plain", {"config.json": "{}"})
+    err = _one_line_error(capsys, ["lineage", "me/missing"])
+    assert err.startswith("hf-distill: me/missing: no such model repository on the Hub")
+    err = _one_line_error(capsys, ["lineage", "me/plain", "--revision", "nope-branch"])
+    assert err.startswith("hf-distill: me/plain: no revision 'nope-branch'")
+    err = _one_line_error(capsys, ["lineage", str(tmp_path / "nope")])
+    assert "nope: no such folder" in err and "has no distillation lineage" not in err
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        read_lineage(str(tmp_path / "nope"))
+
+
+def test_the_cli_reports_offline_and_not_cached_in_one_line(capsys):  # no `hub` fixture: HF_HUB_OFFLINE=1
+    err = _one_line_error(capsys, ["lineage", "me/never-downloaded"])
+    assert err.startswith("hf-distill: me/never-downloaded: cannot be read offline")
+
+
 # ---- teacher cache manifests ----
 
 
@@ -156,6 +226,34 @@ def test_a_cache_whose_manifest_points_outside_is_refused_on_load(tmp_path):
     (folder / CACHE_INFO_FILE).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="secret.parquet' is not a path inside the cache folder"):
         load_teacher_cache(str(folder))
+
+
+@pytest.mark.parametrize("name", ["*", "s*.parquet", "shard-0000?.parquet", "shard-[0-9].parquet", "sub/"])
+def test_a_manifest_shard_name_with_pattern_characters_is_refused(name):
+    with pytest.raises(ValueError, match="contains a pattern character"):
+        check_shard_name(name, "teacher_cache.json")
+
+
+def test_a_hub_cache_with_a_glob_shard_name_is_refused_before_any_shard_is_downloaded(hub, tmp_path):
+    manifest = {
+        "fingerprint": {
+            "teacher": {"name": "t", "source": "local"},
+            "tokenizer_sha256": None,
+            "temperature": 1.0,
+            "k": 2,
+            "vocab_size": 8,
+            "dataset_fingerprint": "x",
+            "logprob_dtype": "float16",
+        },
+        "shards": [{"file": "*", "rows": 1, "sha256": "0" * 64}],
+        "total_rows": 1,
+        "format_version": 1,
+    }
+    files = {CACHE_INFO_FILE: json.dumps(manifest), "shard.parquet": b"x", "huge_other.bin": b"\0" * 4096}
+    hub.add_commit("me/globcache", files, repo_type="dataset")
+    with pytest.raises(ValueError, match="shard file '\\*' contains a pattern character"):
+        load_teacher_cache("me/globcache")
+    assert hub.calls("GET", "huge_other.bin") == [] and hub.calls("GET", "shard.parquet") == []
 
 
 def test_a_hub_cache_downloads_only_the_files_its_manifest_names(hub, tmp_path):

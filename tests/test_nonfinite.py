@@ -55,11 +55,12 @@ def _snapshot(model):
 
 
 def _assert_stopped(trainer, student, before, source, step):
-    with pytest.raises(
-        NonFiniteLossError, match=rf"Non-finite loss at step {step} \(trainer.state.global_step\)"
-    ) as info:
+    # `step` optimizer steps completed; the one that failed is step + 1 (counted from 1).
+    expected = rf"Non-finite loss at optimizer step {step + 1} \(trainer.state.global_step was {step}\)"
+    with pytest.raises(NonFiniteLossError, match=expected) as info:
         trainer.train()
-    assert info.value.source == source and info.value.step == step and trainer.state.global_step == step
+    assert info.value.source == source and info.value.step == step + 1 and info.value.global_step == step
+    assert trainer.state.global_step == step
     assert source.split()[0] in str(info.value)
     after = dict(student.named_parameters())
     assert all(torch.isfinite(p).all() for p in after.values())  # no NaN reached the student
@@ -210,7 +211,7 @@ def test_the_error_names_what_produced_the_non_finite_value(sums, teacher, stude
     model = torch.nn.Linear(1, 1).train()
     check.observe(model, _sums(), torch.zeros(2, 3), torch.zeros(2, 3))  # a finite micro-batch first (GA window)
     check.observe(model, sums, torch.full((2, 3), teacher), torch.full((2, 3), student))
-    with pytest.raises(NonFiniteLossError, match="Non-finite loss at step 7") as info:
+    with pytest.raises(NonFiniteLossError, match=r"at optimizer step 8 \(trainer.state.global_step was 7\)") as info:
         check.check(7)
     assert info.value.source == source
     check.check(8)  # the flags were consumed: the next step starts clean
@@ -225,3 +226,45 @@ def test_nan_only_where_no_loss_term_reads_does_not_stop_training():
     check.check(0)
     check.observe(model.eval(), _sums(total=float("nan")))  # evaluation batches are not watched
     check.check(1)
+
+
+def test_an_fp16_overflowing_teacher_on_the_chunked_path_is_blamed_on_the_teacher(tmp_path):
+    # The memory-efficient path never builds the teacher's logits: its fp16 head overflows only inside the KD term.
+    torch.manual_seed(0)
+    student, teacher = llama(32, 1), llama(64, 2)
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(3e5)
+    trainer = _train(tmp_path, student, teacher, "causal_lm", chunk=4, teacher_dtype="float16")
+    assert trainer.kd_chunk_size == 4
+    with pytest.raises(NonFiniteLossError, match="the teacher produced NaN/inf") as info:
+        trainer.train()
+    assert info.value.source == "teacher" and trainer._heads_verified is True
+    assert trainer._finite_check._teacher_hidden is None  # the reference is dropped once diagnosed
+
+
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_a_nan_teacher_during_evaluate_logs_one_warning_naming_the_teacher(tmp_path, chunk, caplog):
+    import logging
+
+    torch.manual_seed(0)
+    student, teacher = llama(32, 1), llama(64, 2)
+    from types import SimpleNamespace
+
+    always = [SimpleNamespace(state=SimpleNamespace(global_step=0))]
+    _poison(teacher.model.norm, always, 0, float("nan"))
+    trainer = _train(tmp_path, student, teacher, "causal_lm", chunk=chunk)
+    with caplog.at_level(logging.WARNING, logger="hf_distill"):
+        metrics = trainer.evaluate(Dataset.from_list(examples("causal_lm", 6)))
+    assert metrics["eval_kd_loss"] != metrics["eval_kd_loss"]  # nan, reported as it is
+    warnings = [r.getMessage() for r in caplog.records if "NaN/inf" in r.getMessage()]
+    assert len(warnings) == 1 and "the teacher produced NaN/inf" in warnings[0] and "eval" in warnings[0]
+
+
+def test_a_finite_evaluate_logs_no_warning(tmp_path, caplog):
+    import logging
+
+    torch.manual_seed(0)
+    trainer = _train(tmp_path, llama(32, 1), llama(64, 2), "causal_lm")
+    with caplog.at_level(logging.WARNING, logger="hf_distill"):
+        trainer.evaluate(Dataset.from_list(examples("causal_lm", 6)))
+    assert not [r for r in caplog.records if "NaN/inf" in r.getMessage()]

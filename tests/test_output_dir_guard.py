@@ -89,6 +89,32 @@ def test_neighbouring_folders_and_hub_ids_are_accepted(folders):
     _build(llama(32, 1), hub_teacher, "someorg/teacher")
 
 
+@pytest.mark.parametrize("what", ["teacher", "teacher_by_config", "student", "nested"])
+def test_a_folder_in_a_checkpoint_of_output_dir_is_refused(folders, what):
+    # The user fine-tuned the teacher into runs/ and distils from runs/checkpoint-2 into runs/: the student's
+    # checkpoint-2 would overwrite it, and rotation (save_total_limit=1) delete it.
+    source = "runs/checkpoint-2/teacher" if what == "nested" else "runs/checkpoint-2"
+    llama(64, 2).save_pretrained(source)
+    before = sorted(os.listdir(source))
+    student, teacher, kw = llama(32, 1), source, {"save_total_limit": 1}
+    if what == "student":
+        student, teacher = AutoModelForCausalLM.from_pretrained(source), llama(64, 2)
+    elif what == "teacher_by_config":
+        teacher, kw = None, {**kw, "teacher_model_name_or_path": source}
+    with pytest.raises(ValueError) as info:
+        _build(student, teacher, "runs", **kw)
+    message = str(info.value)
+    assert "output_dir='runs'" in message and "checkpoint folder" in message and "save_total_limit" in message
+    assert os.path.realpath("runs/checkpoint-2") in message
+    assert sorted(os.listdir(source)) == before
+
+
+def test_an_unrelated_subfolder_of_output_dir_is_accepted(folders):
+    llama(64, 2).save_pretrained("out/teacher_model")  # Trainer neither saves into nor rotates this folder
+    trainer = _build(llama(32, 1), "out/teacher_model", "out")
+    assert trainer.args.output_dir == "out"
+
+
 USER_SCRIPT = '''
 """A user's training script in the shape of transformers' examples, with the documented two-line change."""
 from dataclasses import dataclass, field

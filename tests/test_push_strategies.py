@@ -139,3 +139,54 @@ def test_the_repository_gets_the_users_namespace_and_the_asked_visibility(hub, t
     trainer.push_to_hub()
     assert _commit_titles(f"{hub.user}/out") == ["End of training"]
     assert HfApi().model_info(f"{hub.user}/out").private is True  # created by the push, as the arguments asked
+
+
+def test_the_users_readme_license_and_base_model_are_kept_and_checked(hub, tmp_path):
+    # The user's README states the student's license and base model, which hf_distill has no value for (an Apache
+    # teacher's terms do not carry over; the student starts from a config): both stay, in the local and pushed card.
+    _seed_teacher(hub, tmp_path)
+    trainer = _trainer(tmp_path, hub_strategy="end", max_steps=1)
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    (out / "README.md").write_text("---\nlicense: mit\nbase_model: acme/my-base\n---\n\n# Mine\n\nkeep me\n")
+    (out / ".model.safetensors.0123456789ab.tmp").write_bytes(b"half a write")  # an interrupted atomic write
+    assert trainer.push_license_decision().student_license == {"id": "mit"}
+    trainer.train()
+    trainer.create_model_card()
+    trainer.push_to_hub()
+    local = (out / "README.md").read_text()
+    pushed = hub.files("me/student")["README.md"].decode()
+    for card in (local, pushed):
+        meta = yaml.safe_load(card.split("---\n")[1])
+        assert (meta["license"], meta["base_model"]) == ("mit", "acme/my-base")
+        assert "distributed under `mit`" in card and "did not state a license" not in card and "keep me" in card
+    assert not [p for p in hub.files("me/student") if p.endswith(".tmp")]
+
+
+def test_a_readme_license_is_checked_like_license_argument(hub, tmp_path):
+    _seed_teacher(hub, tmp_path, license_id="llama3.1")  # its terms carry over to the student
+    trainer = _trainer(tmp_path, hub_model_id="me/Llama-student")
+    (tmp_path / "out").mkdir(exist_ok=True)
+    (tmp_path / "out" / "README.md").write_text("---\nlicense: mit\n---\n\n# Mine\n")
+    with pytest.raises(LicensePolicyError, match="license='mit'"):
+        trainer.train()
+    assert not hub.repo_exists("me/Llama-student")
+    assert trainer.push_license_decision(license="llama3.1").student_license["id"] == "llama3.1"  # license= wins
+
+
+def test_a_license_copy_the_terms_need_is_checked_before_training_and_found_in_output_dir(hub, tmp_path):
+    from hf_distill.hub import PushRefusedError
+
+    _seed_teacher(hub, tmp_path, license_id="llama3.1")  # no LICENSE file in the teacher's repo
+    trainer = _trainer(
+        tmp_path, hub_model_id="me/Llama-student", hub_strategy="every_save", save_strategy="steps", save_steps=1
+    )
+    with pytest.raises(PushRefusedError, match="LICENSE in the output folder"):
+        trainer.train()
+    assert trainer.state.global_step == 0 and not hub.repo_exists("me/Llama-student")
+    os.makedirs(tmp_path / "out", exist_ok=True)
+    (tmp_path / "out" / "LICENSE").write_bytes(b"Llama 3.1 license text\n")
+    trainer.train()  # the checkpoint pushes take the LICENSE from the output folder
+    trainer.push_in_progress.wait_until_done()
+    commits = hub.commits("me/Llama-student")
+    assert commits and all(c["files"].get("LICENSE") == b"Llama 3.1 license text\n" for c in commits)

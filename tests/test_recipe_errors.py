@@ -69,6 +69,19 @@ BAD_VALUES = [
     ("student", {"layers": "0,2"}, "student.layers='0,2' is not a list; write a YAML list, e.g. [0, 2]"),
     ("student", {"layers": [0, "two"]}, "student.layers[1]='two' is not an integer"),
     ("student", {"layers": [0, -1]}, "student.layers=[0, -1]; use a layer index >= 0"),
+    (
+        "student",
+        {"layers": [0, 7]},
+        "has 3 layers (num_hidden_layers in its config.json), so 7 is out of range; use indices in [0, 2].",
+    ),
+    (
+        "args",
+        {"teacher_placement": "gpu9"},
+        "teacher_placement='gpu9': 'gpu9' is neither a placement nor a device. Use one of auto, replicate, shard, "
+        "offload, or a comma-separated list of devices: cpu, cuda, cuda:N, xpu:N or mps",
+    ),
+    ("args", {"max_steps": -5}, "args.max_steps=-5; use an integer >= 1, or -1 (or leave it out) to train for"),
+    ("args", {"max_steps": 0}, "args.max_steps=0; use an integer >= 1, or -1"),
     ("teacher", {"trust_remote_code": "sure"}, "teacher.trust_remote_code='sure' is not a boolean"),
 ]
 
@@ -138,6 +151,29 @@ def test_missing_files_and_folders_are_refused_before_loading(
     assert main(["train", path]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"hf-distill: {path}: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("inside", ["", "sub"])
+def test_an_output_dir_in_the_teacher_folder_is_one_line_before_loading(tmp_path, teacher, no_loading, capsys, inside):
+    output_dir = str(teacher / inside) if inside else str(teacher)
+    path = _write(tmp_path, _patched(tiny_recipe(tmp_path, teacher), "args", output_dir=output_dir))
+    assert main(["train", path]) == 2
+    err = capsys.readouterr().err
+    where = "is inside" if inside else "is"
+    assert err.startswith(f"hf-distill: {path}: args.output_dir={output_dir!r} {where} the teacher's folder ")
+    assert err.count("\n") == 1 and "Choose an output_dir outside it" in err
+
+
+@pytest.mark.parametrize("args", [[1, 2], "fast", 3])
+def test_args_that_are_not_a_mapping_are_one_line(tmp_path, teacher, no_loading, capsys, args):
+    path = _write(tmp_path, {**tiny_recipe(tmp_path, teacher), "args": args})
+    assert main(["train", path]) == 2
+    assert capsys.readouterr().err == (
+        f"hf-distill: {path}: `args` must be a mapping of DistillationConfig fields (e.g. `learning_rate: 5.0e-4`), "
+        f"got {type(args).__name__}.\n"
+    )
+    assert main(["train", path, "--learning_rate", "1e-4"]) == 2  # an override does not reach it first
+    assert "`args` must be a mapping" in capsys.readouterr().err
 
 
 def test_unknown_keys_still_raise(tmp_path, teacher):

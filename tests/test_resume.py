@@ -137,3 +137,68 @@ def test_save_only_model_checkpoints_need_no_optimizer(trained, tmp_path):
     for name in ("checkpoint-2", "checkpoint-4"):
         os.remove(out / name / "optimizer.pt")
     assert checkpoint_problem(str(out / "checkpoint-4"), optimizer_expected=False) is None
+
+
+def _train_with_records(trainer, resume):
+    records, root = _Records(), logging.getLogger("hf_distill")
+    root.addHandler(records)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        root.removeHandler(records)
+    return [m for m in records.messages if m.startswith("Not resuming from")]
+
+
+@pytest.mark.parametrize("corruption", ["state missing", "weights truncated", "optimizer missing"])
+def test_a_scripts_get_last_checkpoint_path_resumes_from_the_newest_complete(trained, tmp_path, corruption):
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    corrupt, why = CORRUPTIONS[corruption]
+    corrupt(out / "checkpoint-4")
+    trainer, steps = _trainer(out)
+    skipped = _train_with_records(trainer, get_last_checkpoint(str(out)))  # what run_clm-shaped scripts pass
+    assert steps.steps == [3, 4]
+    assert skipped == [
+        f"Not resuming from {out / 'checkpoint-4'}: it is incomplete ({why}); resuming from {out / 'checkpoint-2'} "
+        "instead."
+    ]
+
+
+@pytest.mark.parametrize("flag", ["True", "true"])
+def test_the_string_true_from_the_command_line_means_true(trained, tmp_path, flag, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    _truncate(out / "checkpoint-4" / "trainer_state.json")
+    monkeypatch.chdir(tmp_path)  # no folder named "True" here
+    trainer, steps = _trainer(out)
+    skipped = _train_with_records(trainer, flag)
+    assert steps.steps == [3, 4] and len(skipped) == 1 and "checkpoint-4" in skipped[0]
+
+
+def test_an_older_incomplete_checkpoint_named_explicitly_is_a_clear_error(trained, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    os.remove(out / "checkpoint-2" / "optimizer.pt")
+    trainer, steps = _trainer(out)
+    with pytest.raises(ValueError) as info:
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    message = str(info.value)
+    assert f"resume_from_checkpoint={str(out / 'checkpoint-2')!r} is an incomplete checkpoint" in message
+    assert "optimizer.pt is missing" in message and repr(str(out / "checkpoint-4")) in message
+    assert steps.steps == []
+
+
+@pytest.mark.parametrize("name", ["scheduler.pt", "rng_state.pth"])
+@pytest.mark.parametrize("how", ["empty", "truncated"])
+def test_an_empty_or_truncated_scheduler_or_rng_state_is_incomplete(trained, tmp_path, name, how):
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    path = out / "checkpoint-4" / name
+    assert path.is_file()
+    _truncate(path, 0 if how == "empty" else 0.9)
+    assert checkpoint_problem(str(out / "checkpoint-4")) in (f"{name} is truncated", f"{name} is empty or truncated")
+    trainer, steps = _trainer(out)
+    skipped = _train_with_records(trainer, True)
+    assert steps.steps == [3, 4] and len(skipped) == 1 and name in skipped[0]
