@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .recipe import check_recipe_files, load_recipe, parse_overrides
+from .recipe import load_recipe, parse_overrides
+from .recipe_files import check_recipe_files
 from .terminal import printable
 
 

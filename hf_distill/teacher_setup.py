@@ -35,18 +35,12 @@ class TeacherSetup:
         shared_vocab (`int`, *optional*): leading logit entries to compare when the heads are padded differently.
         placement (`Placement`): where it lives.
         device (`torch.device`, *optional*): its own device when it is not the student's (inputs go there).
-        tokenizer_checked (`bool`, *optional*): whether the teacher's tokenizer was compared with the student's
-            (`None` for models that read no token ids).
-        label_permutation (`list[int]`, *optional*): the teacher logit column of each student label, when a
-            classifier teacher orders the same labels differently.
     """
 
     model: nn.Module
     shared_vocab: int | None
     placement: Placement
     device: torch.device | None
-    tokenizer_checked: bool | None = None
-    label_permutation: list[int] | None = None
 
 
 def teacher_compute_dtype(args: Any, student: nn.Module) -> torch.dtype:
@@ -80,7 +74,7 @@ def _cached_setup(
     # check_cache compared the cache's tokenizer fingerprint with the student's tokenizer when both exist
     checked = tokenizer_sha256(tokenizer) is not None and teacher.cache.info.fingerprint.tokenizer_sha256 is not None
     object.__setattr__(teacher, TOKENIZER_CHECKED_ATTRIBUTE, checked)
-    return TeacherSetup(teacher, None, Placement("cache"), None, tokenizer_checked=checked)
+    return TeacherSetup(teacher, None, Placement("cache"), None)
 
 
 def setup_teacher(
@@ -135,6 +129,4 @@ def setup_teacher(
         vocabulary.shared_vocab,
         placement,
         None if own_device == args.device else own_device,
-        tokenizer_checked=vocabulary.tokenizer_checked,
-        label_permutation=permutation,
     )

@@ -113,7 +113,9 @@ class DistillationTrainer(PublishingMixin, Trainer):
         # Before anything loads, and before Trainer creates output_dir (a Hub id must not then pass for a folder).
         check_output_dir(getattr(args, "output_dir", None), model, teacher_model, teacher_cache, args)
         check_problem_type(model, "student")
-        check_problem_type(teacher_model, "teacher")  # a model object; one given by name is checked once loaded
+        # A teacher object is checked now, before setup's label checks could refuse it for a less telling reason;
+        # one given by name is checked once loaded (below).
+        check_problem_type(teacher_model, "teacher")
         super().__init__(wrap_student(model, peft_config), args, *trainer_args, **trainer_kwargs)
         self.kd_objective: KDObjective = kd_objective_from_args(self.args)
         if teacher_cache is not None:

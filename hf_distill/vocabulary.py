@@ -17,13 +17,6 @@ from .tasks import unwrap_peft
 logger = get_logger(__name__)
 
 
-def load_teacher_tokenizer(
-    name_or_path: str, trust_remote_code: bool = False, revision: str | None = None
-) -> Any | None:
-    """The teacher's tokenizer when it can be found next to its weights, else `None` (e.g. an image model)."""
-    return try_load_teacher_tokenizer(name_or_path, trust_remote_code, revision)[0]
-
-
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -98,16 +91,6 @@ class VocabularyCheck:
 
     shared_vocab: int | None
     tokenizer_checked: bool | None
-
-
-def shared_vocab_size(
-    student: nn.Module,
-    teacher: nn.Module,
-    student_tokenizer: Any | None = None,
-    teacher_tokenizer: Any | None = None,
-) -> int | None:
-    """`check_vocabulary(...).shared_vocab`: the number of leading logit entries to compare, or `None`."""
-    return check_vocabulary(student, teacher, student_tokenizer, teacher_tokenizer).shared_vocab
 
 
 def check_vocabulary(

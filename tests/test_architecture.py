@@ -15,11 +15,11 @@ MODULES = sorted(glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True))
 
 # Lower layers never import higher ones.
 LAYERS = [
-    {"atomic", "terminal", "safe_yaml"},  # import nothing of hf_distill
+    {"atomic", "terminal", "safe_yaml", "push_secrets"},  # import nothing of hf_distill
     {"logs", "checkpoints"},
     {"losses", "tasks", "assets", "placement", "provenance", "licenses", "teacher_cache", "task_metrics"},
     {"config", "metrics", "student_init", "report", "adapters", "finite", "label_mapping", "vocabulary"},
-    {"teacher", "data", "lm_head", "output_guard", "recipe"},
+    {"teacher", "data", "lm_head", "output_guard", "recipe", "recipe_files"},
     {"lineage", "teacher_setup", "plan", "comparison", "cache_writer", "cached_loss"},
     {"generation"},
     {"model_card"},

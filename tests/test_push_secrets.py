@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from tiny_models import llama
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.hub import _SCAN_BLOCK, PushRefusedError, check_no_secrets
+from hf_distill.push_secrets import _SCAN_BLOCK, PushRefusedError, check_no_secrets
 
 LICENSE_TEXT = b"The teacher's license text.\n"
 MY_NOTICE = b"This student was made by me.\nCopyright me.\n"
@@ -158,7 +158,7 @@ def test_every_token_known_on_this_machine_is_searched(hub, tmp_path, monkeypatc
         ("args", "hf_args_token_0123456789"),
     ]:
         if name == "saved":
-            monkeypatch.setattr("hf_distill.hub.get_token", lambda token=token: token)
+            monkeypatch.setattr("hf_distill.push_secrets.get_token", lambda token=token: token)
         elif name == "args":
             monkeypatch.setattr(trainer.args, "hub_token", token)
         else:

@@ -118,8 +118,8 @@ def check_vocab(student_size: int, teacher_size: int, vocab_size: int | None) ->
 def _check_class_labels(labels: torch.Tensor) -> None:
     if labels.is_floating_point():
         raise ValueError(
-            "labels are floating point (regression or multi-label); the CE term needs integer class labels. "
-            "Set ce_weight=0 to distil on the KD term alone."
+            "labels are floating point (regression targets or multi-hot rows); the objective needs integer class "
+            "labels (class ids, -100 for ignored positions). Regression and multi-label tasks are not distilled."
         )
 
 
