@@ -60,7 +60,7 @@ def test_run_clm_shape_trains_evaluates_and_writes_its_card(tmp_path):
         "--model_name_or_path", "student", "--teacher_name_or_path", "teacher",
         "--train_file", "train.txt", "--validation_file", "validation.txt", "--block_size", "16",
         "--do_train", "--do_eval", "--max_steps", "4", "--per_device_train_batch_size", "2",
-        "--per_device_eval_batch_size", "4", "--output_dir", "out", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--gradient_accumulation_steps", "2", "--per_device_eval_batch_size", "4", "--output_dir", "out", "--eval_strategy", "steps", "--eval_steps", "2",
         "--save_steps", "2", "--load_best_model_at_end", "--metric_for_best_model", "eval_loss",
         "--kd_temperature", "2", "--ce_weight", "0.5", "--kd_loss", "jsd", *COMMON,
     ]  # fmt: skip
@@ -125,7 +125,7 @@ def test_run_glue_shape_with_a_plain_trainer_teacher_label_smoothing_and_predict
         "--train_file", "train.csv", "--validation_file", "validation.csv", "--test_file", "test.csv",
         "--do_train", "--do_eval", "--do_predict", "--max_steps", "3", "--per_device_train_batch_size", "8",
         "--output_dir", "out", "--label_smoothing_factor", "0.1", "--kd_temperature", "2", "--ce_weight", "0.5",
-        "--save_strategy", "no", *COMMON,
+        "--save_strategy", "no", "--bf16", *COMMON,
     ]  # fmt: skip
     run_script("distill_glue.py", args, tmp_path)
     out = tmp_path / "out"
