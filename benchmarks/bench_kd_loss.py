@@ -48,8 +48,7 @@ def _step(variant: str, h_s, h_t, w_s, w_t, temperature: float, beta: float, chu
         loss_name = "forward_kl" if beta == 0 else "jsd"
         loss = per_token_divergence(h_s @ w_s.T, h_t @ w_t.T, loss=loss_name, temperature=temperature, beta=beta).sum()
     elif variant == "hf_distill":
-        from hf_distill.losses import KDObjective
-        from hf_distill.losses.chunked import LinearHead, chunked_objective_sums
+        from hf_distill.losses import HeadInput, KDObjective, LinearHead, Positions, chunked_objective_sums
 
         objective = KDObjective(
             kd_loss="forward_kl" if beta == 0 else "jsd",
@@ -57,9 +56,8 @@ def _step(variant: str, h_s, h_t, w_s, w_t, temperature: float, beta: float, chu
             kd_temperature_scaling=False,
             jsd_beta=beta,
         )
-        sums = chunked_objective_sums(
-            objective, h_s[None], LinearHead(w_s), h_t[None], LinearHead(w_t), None, None, False, chunk
-        )
+        student, teacher = HeadInput(h_s[None], LinearHead(w_s)), HeadInput(h_t[None], LinearHead(w_t))
+        sums = chunked_objective_sums(objective, student, teacher, Positions(), chunk)
         loss = sums.total
     elif variant == "trl":
         from trl.kernels.chunked_divergence import ChunkedDivergenceFunction

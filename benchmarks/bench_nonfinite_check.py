@@ -1,4 +1,4 @@
-"""Cost of the NaN/inf check (`hf_distill.finite`): training step time with and without it, side by side.
+"""Cost of the NaN/inf check (`hf_distill.training.finite`): training step time with and without it, side by side.
 
     python benchmarks/bench_nonfinite_check.py                  # 60 steps, logits path and chunked path
     python benchmarks/bench_nonfinite_check.py --steps 24 --vocab 512

@@ -58,7 +58,7 @@ def _child(variant: str, vocab: int, teacher_layers: int, repeats: int, cache: s
 
     else:
         from hf_distill import DistillationConfig, DistillationTrainer
-        from hf_distill.teacher_cache import CacheCollator
+        from hf_distill.offline.cache import CacheCollator
 
         with tempfile.TemporaryDirectory() as out:
             args = DistillationConfig(output_dir=out, report_to=[], use_cpu=True, preflight="off")
@@ -97,7 +97,7 @@ def _run(variant: str, vocab: int, teacher_layers: int, repeats: int, cache: str
 def _build_cache(folder: str, vocab: int, teacher_layers: int, k: int, dtype: str, rows: int) -> dict:
     import torch
 
-    from hf_distill.cache_writer import cache_teacher
+    from hf_distill.offline.writer import cache_teacher
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

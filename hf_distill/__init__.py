@@ -1,13 +1,13 @@
 """hf_distill: knowledge distillation as a one-line change for `transformers.Trainer` users."""
 
-from .cache_writer import cache_teacher
 from .config import DistillationConfig
-from .licenses import LicensePolicyError
-from .lineage import Lineage, LineageError
-from .pull import LineageNotFoundError, PulledLineage, read_lineage
+from .hub.licenses import LicensePolicyError
+from .hub.lineage import Lineage, LineageError
+from .hub.pull import LineageNotFoundError, PulledLineage, read_lineage
+from .offline.cache import TeacherCache, load_teacher_cache
+from .offline.writer import cache_teacher
 from .seq2seq import Seq2SeqDistillationConfig, Seq2SeqDistillationTrainer
-from .teacher import TeacherOutput
-from .teacher_cache import TeacherCache, load_teacher_cache
+from .teacher.model import TeacherOutput
 from .trainer import DistillationTrainer
 
 __version__ = "0.1.0"

@@ -273,6 +273,8 @@ def _check_field_types(args: DistillationConfig) -> None:
             raise TypeError(f"{name}={value!r} is not a string; give a string or leave it unset.")
 
 
+# The named placements of `teacher_placement` (see `hf_distill.teacher.placement`).
+PLACEMENTS = ("auto", "replicate", "shard", "offload")
 _DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps", "npu")  # what `placement.resolve_placement` puts a teacher on
 
 
@@ -280,8 +282,6 @@ def _check_placement(value: str) -> None:
     """Refuse a `teacher_placement` that is neither a placement nor a list of device names, as
     `placement.resolve_placement` would at the first step. Whether the devices exist is checked there, on the machine
     that trains."""
-    from .placement import PLACEMENTS
-
     if value in PLACEMENTS:
         return
     names = [part.strip() for part in value.split(",") if part.strip()] or [value]

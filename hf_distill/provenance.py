@@ -21,8 +21,8 @@ from huggingface_hub.errors import HfHubHTTPError, RevisionResolutionError
 from safetensors import safe_open
 from torch import nn
 
-from . import assets
-from .safe_yaml import card_metadata_of
+from . import _packaged as assets
+from .utils.safe_yaml import card_metadata_of
 
 UNRESOLVED = "unresolved"
 SOURCE_ATTRIBUTE = "_hf_distill_source"

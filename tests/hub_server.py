@@ -7,13 +7,18 @@ implements the part of the HTTP contract the client uses (see /work/shared/HUB.m
 
 Scope and deliberate choices:
 - Standard library + pyyaml only, one `ThreadingHTTPServer` in a daemon thread, an in-memory store behind a lock.
-- Repos (model/dataset/space) with branches, tags and an ordered commit list; each commit keeps a full snapshot of
+- Repos (model/dataset) with branches, tags and an ordered commit list; each commit keeps a full snapshot of
   its file tree, so any revision (branch, tag, full 40-hex sha) can be served exactly.
 - Large/binary files go through the git-LFS batch API (basic transfer only, never multipart); Xet is not served,
   so the client must run with `HF_HUB_DISABLE_XET=1`.
 - `/api/validate-yaml` is strict (licenses, `base_model`, `base_model_relation`, `model-index`), so a card the real
   Hub would refuse is refused here too, before anything is uploaded.
-- No pull requests, discussions, Xet or pagination: those answer with an error the client raises.
+- Only the endpoints the suite's client calls are served (found from a request log of every Hub-using test): repo
+  create, whoami, validate-yaml, repo info at a revision, tree, paths-info, refs, commits, preupload, commit (file and
+  LFS additions), branch and tag creation, LFS batch/upload/verify, resolve (with ranges). Anything else (deletes,
+  pull requests, Xet, spaces, pagination) answers with an error the client raises.
+- A socket server, not an in-process `httpx.MockTransport`: the usage-pattern tests push from subprocesses (user
+  scripts run as users run them), which only a real endpoint on 127.0.0.1 can serve.
 """
 
 from __future__ import annotations
@@ -77,23 +82,18 @@ _NAME_PART = re.compile(r"^[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?$")
 _YAML_BLOCK = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))")
 _LICENSE_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 
-_TYPE_FROM_PLURAL = {"models": "model", "datasets": "dataset", "spaces": "space"}
-_URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+_TYPE_FROM_PLURAL = {"models": "model", "datasets": "dataset"}
+_URL_PREFIX = {"model": "", "dataset": "datasets/"}
 _REPO_ACTIONS = frozenset(
-    {
-        "revision", "tree", "paths-info", "preupload", "commit", "commits", "refs", "branch", "tag",
-        "xet-write-token", "xet-read-token", "discussions", "lfs-files", "super-squash", "settings",
-    }
-)  # fmt: skip
+    {"revision", "tree", "paths-info", "preupload", "commit", "commits", "refs", "branch", "tag"}
+)
 
-_API_REPO = re.compile(r"^/api/(?P<plural>models|datasets|spaces)/(?P<rest>.+)$")
-_LFS_BATCH = re.compile(r"^/(?:(?P<prefix>datasets|spaces)/)?(?P<repo>[^/]+(?:/[^/]+)?)\.git/info/lfs/objects/batch$")
+_API_REPO = re.compile(r"^/api/(?P<plural>models|datasets)/(?P<rest>.+)$")
+_LFS_BATCH = re.compile(r"^/(?:(?P<prefix>datasets)/)?(?P<repo>[^/]+(?:/[^/]+)?)\.git/info/lfs/objects/batch$")
 _LFS_OBJECT = re.compile(
-    r"^/__lfs/(?P<type>model|dataset|space)/(?P<repo>[^/]+/[^/]+)/(?P<oid>[0-9a-f]{64})(?P<verify>/verify)?$"
+    r"^/__lfs/(?P<type>model|dataset)/(?P<repo>[^/]+/[^/]+)/(?P<oid>[0-9a-f]{64})(?P<verify>/verify)?$"
 )
-_RESOLVE = re.compile(
-    r"^/(?:(?P<prefix>datasets|spaces)/)?(?P<repo>(?:[^/]+/)?[^/]+?)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
-)
+_RESOLVE = re.compile(r"^/(?:(?P<prefix>datasets)/)?(?P<repo>(?:[^/]+/)?[^/]+?)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -320,7 +320,6 @@ class _Repo:
     repo_id: str
     private: bool
     created_at: str
-    extra: dict[str, Any]
     branches: dict[str, str | None] = field(default_factory=lambda: {"main": None})
     tags: dict[str, str] = field(default_factory=dict)
     commits: list[_Commit] = field(default_factory=list)
@@ -477,7 +476,7 @@ class LocalHub:
         with self._lock:
             if (repo_type, repo_id) in self._repos:
                 raise ValueError(f"{repo_type} {repo_id} already exists")
-            self._repos[(repo_type, repo_id)] = _Repo(repo_type, repo_id, private, _now(), {})
+            self._repos[(repo_type, repo_id)] = _Repo(repo_type, repo_id, private, _now())
 
     def add_commit(
         self,
@@ -558,21 +557,7 @@ class LocalHub:
             commit = repo.by_oid[commit.parent] if commit.parent else None
         return out
 
-    def _last_commit_touching(self, repo: _Repo, commit: _Commit, path: str) -> _Commit:
-        """The newest commit in `commit`'s history that changed `path` (file) or anything under it (folder)."""
-
-        def view(c: _Commit | None) -> dict[str, str]:
-            if c is None:
-                return {}
-            return {p: b.sha1 for p, b in c.files.items() if p == path or p.startswith(path + "/")}
-
-        history = self._history(repo, commit)
-        for current, older in zip(history, history[1:] + [None]):
-            if view(current) != view(older):
-                return current
-        return commit
-
-    def _tree_entries(self, repo: _Repo, commit: _Commit | None, prefix: str, recursive: bool, expand: bool) -> list:
+    def _tree_entries(self, commit: _Commit | None, prefix: str, recursive: bool) -> list:
         """Tree listing under `prefix` (folders and files), as the /tree endpoint returns it."""
         files = commit.files if commit is not None else {}
         base = prefix.strip("/")
@@ -594,10 +579,6 @@ class LocalHub:
                 entries.setdefault(folder, self._folder_entry(files, folder))
             if recursive or len(rest) == 1:
                 entries[path] = files[path].entry(path)
-        if expand and commit is not None:
-            for path, entry in entries.items():
-                last = self._last_commit_touching(repo, commit, path)
-                entry["lastCommit"] = {"id": last.oid, "title": last.title, "date": last.date}
         return sorted(entries.values(), key=lambda e: (e["type"] != "directory", e["path"]))
 
     @staticmethod
@@ -640,9 +621,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
 
     @property
     def hub(self) -> LocalHub:
@@ -735,10 +713,9 @@ class _Handler(BaseHTTPRequestHandler):
         hub = self.hub
         simple = {
             ("POST", "/api/repos/create"): self._create_repo,
-            ("DELETE", "/api/repos/delete"): self._delete_repo,
-            ("POST", "/api/repos/move"): self._not_implemented,
             ("GET", "/api/whoami-v2"): self._whoami,
             ("POST", "/api/validate-yaml"): self._validate_yaml,
+            # huggingface_hub fetches this registry (once a day) when it runs under an AI agent.
             ("GET", "/api/agent-harnesses"): lambda: self._send_json({"standardEnvVars": [], "harnesses": {}}),
         }
         if (method, path) in simple:
@@ -752,8 +729,6 @@ class _Handler(BaseHTTPRequestHandler):
                 repo_id, action, raw_args = f"{parts[0]}/{parts[1]}", parts[2], raw_args[3:]
             elif len(parts) <= 2:
                 repo_id, action, raw_args = "/".join(parts), None, []
-            elif parts[1] in _REPO_ACTIONS:
-                repo_id, action, raw_args = parts[0], parts[1], raw_args[2:]
             else:
                 raise HubError(404, f"LocalHub has no route for {method} {path}")
             with hub._lock:
@@ -780,9 +755,6 @@ class _Handler(BaseHTTPRequestHandler):
             return
         raise HubError(404, f"LocalHub has no route for {method} {path}")
 
-    def _not_implemented(self) -> None:
-        raise HubError(400, f"LocalHub does not implement {self.command} {self.path}")
-
     def _repo_api(self, method: str, repo_type: str, repo_id: str, action: str | None, raw_args: list[str]) -> None:
         hub = self.hub
         repo = hub._get_repo(repo_type, repo_id)
@@ -795,7 +767,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif action == "tree" and method == "GET":
             commit = hub._resolve(repo, unquote(raw_args[0]) if raw_args else "main")
             prefix = unquote("/".join(raw_args[1:]))
-            entries = hub._tree_entries(repo, commit, prefix, self._flag("recursive"), self._flag("expand"))
+            entries = hub._tree_entries(commit, prefix, self._flag("recursive"))
             self._send_json(entries)
         elif action == "paths-info" and method == "POST":
             self._paths_info(repo, rev)
@@ -809,14 +781,12 @@ class _Handler(BaseHTTPRequestHandler):
         elif action == "commit" and method == "POST":
             self._require_token()
             self._commit(repo, rev)
-        elif action == "branch" and method in ("POST", "DELETE"):
+        elif action == "branch" and method == "POST":
             self._require_token()
-            self._branch(repo, rev, method)
-        elif action == "tag" and method in ("POST", "DELETE"):
+            self._branch(repo, rev)
+        elif action == "tag" and method == "POST":
             self._require_token()
-            self._tag(repo, rev, method)
-        elif action in ("xet-write-token", "xet-read-token"):
-            raise HubError(400, "LocalHub does not serve Xet: set HF_HUB_DISABLE_XET=1")
+            self._tag(repo, rev)
         else:
             raise HubError(400, f"LocalHub does not implement {method} {self.path}")
 
@@ -840,20 +810,9 @@ class _Handler(BaseHTTPRequestHandler):
             if (repo_type, repo_id) in hub._repos:
                 self._send_json({"error": "You already created this repo", "url": url}, status=409)
                 return
-            extra = {k: body[k] for k in ("sdk",) if k in body}
             private = body.get("visibility") == "private" or bool(body.get("private"))
-            hub._repos[(repo_type, repo_id)] = _Repo(repo_type, repo_id, private, _now(), extra)
+            hub._repos[(repo_type, repo_id)] = _Repo(repo_type, repo_id, private, _now())
         self._send_json({"url": url, "name": repo_id, "id": repo_id})
-
-    def _delete_repo(self) -> None:
-        self._require_token()
-        body = self._json_body()
-        hub = self.hub
-        repo_id = f"{body.get('organization') or hub.user}/{body.get('name')}"
-        with hub._lock:
-            hub._get_repo(body.get("type") or "model", repo_id)
-            del hub._repos[(body.get("type") or "model", repo_id)]
-        self._send_json({})
 
     def _whoami(self) -> None:
         if not self.headers.get("Authorization"):
@@ -930,15 +889,12 @@ class _Handler(BaseHTTPRequestHandler):
         if repo.repo_type == "model":
             info["library_name"] = card.get("library_name") if card else None
             info["pipeline_tag"] = card.get("pipeline_tag") if card else None
-        if repo.repo_type == "space":
-            info["sdk"] = repo.extra.get("sdk")
         self._send_json(info)
 
     def _paths_info(self, repo: _Repo, revision: str) -> None:
         hub = self.hub
         commit = hub._resolve(repo, revision)
         form = parse_qs(self._body.decode())
-        expand = (form.get("expand") or ["false"])[0].lower() == "true"
         files = commit.files if commit is not None else {}
         out = []
         for path in form.get("paths", []):
@@ -949,9 +905,6 @@ class _Handler(BaseHTTPRequestHandler):
                 entry = hub._folder_entry(files, path)
             else:
                 continue  # the Hub silently skips missing paths
-            if expand and commit is not None:
-                last = hub._last_commit_touching(repo, commit, path)
-                entry["lastCommit"] = {"id": last.oid, "title": last.title, "date": last.date}
             out.append(entry)
         self._send_json(out)
 
@@ -961,8 +914,6 @@ class _Handler(BaseHTTPRequestHandler):
             "tags": [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": o} for t, o in repo.tags.items()],
             "converts": [],
         }
-        if self._flag("include_prs"):
-            refs["pullRequests"] = []
         self._send_json(refs)
 
     def _list_commits(self, repo: _Repo, revision: str) -> None:
@@ -1097,25 +1048,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif key == "lfsFile":
                 oid = value.get("oid")
                 data = repo.lfs_objects.get(oid)
-                if data is None:  # cross-repo copies reference another repo's object
-                    data = next((r.lfs_objects[oid] for r in hub._repos.values() if oid in r.lfs_objects), None)
-                    if data is not None:
-                        repo.lfs_objects[oid] = data
                 if data is None:
                     raise HubError(400, f"{path}: LFS object {oid} was never uploaded")
                 if value.get("size") is not None and value["size"] != len(data):
                     raise HubError(400, f"{path}: LFS size {value['size']} does not match the stored object")
                 snapshot[path] = _Blob(data, lfs=True)
-            elif key == "deletedFile":
-                if snapshot.pop(path, None) is None:
-                    raise HubError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
-            elif key == "deletedFolder":
-                doomed = [p for p in snapshot if p.startswith(path.rstrip("/") + "/")]
-                if not doomed:
-                    raise HubError(404, f"A folder with this name doesn't exist: {path}", "EntryNotFound")
-                for p in doomed:
-                    del snapshot[p]
-            else:
+            else:  # deletions and copies: no test makes one
                 raise HubError(400, f"Unknown commit operation {key!r}")
         commit = hub._append_commit(repo, branch, title, header.get("description") or "", snapshot)
         self._send_json(
@@ -1127,13 +1065,7 @@ class _Handler(BaseHTTPRequestHandler):
             }
         )
 
-    def _branch(self, repo: _Repo, branch: str, method: str) -> None:
-        if method == "DELETE":
-            if branch not in repo.branches or branch == "main":
-                raise HubError(404 if branch not in repo.branches else 403, f"Cannot delete branch {branch}")
-            del repo.branches[branch]
-            self._send_json({})
-            return
+    def _branch(self, repo: _Repo, branch: str) -> None:
         if branch in repo.branches:
             raise HubError(409, f"Reference already exists: refs/heads/{branch}")
         start = self._json_body().get("startingPoint") or "main"
@@ -1141,12 +1073,7 @@ class _Handler(BaseHTTPRequestHandler):
         repo.branches[branch] = commit.oid if commit is not None else None
         self._send_json({})
 
-    def _tag(self, repo: _Repo, name_or_rev: str, method: str) -> None:
-        if method == "DELETE":
-            if repo.tags.pop(name_or_rev, None) is None:
-                raise HubError(404, f"Tag {name_or_rev} not found", "RevisionNotFound")
-            self._send_json({})
-            return
+    def _tag(self, repo: _Repo, name_or_rev: str) -> None:
         tag = self._json_body().get("tag")
         if not isinstance(tag, str) or not tag:
             raise HubError(400, '"tag" is required')

@@ -98,6 +98,7 @@ def _run(folders, *argv):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_every_distillation_flag_parses_and_reaches_the_trainer(folders):
     # fmt: off
     out = _run(
@@ -143,6 +144,7 @@ def test_every_distillation_flag_parses_and_reaches_the_trainer(folders):
     assert result["teacher_dtype"] == "torch.bfloat16" and result["steps"] == 1
 
 
+@pytest.mark.slow
 def test_help_lists_every_distillation_field_with_its_help(folders):
     out = _run(folders, "--help")
     squeezed = "".join(out.split())  # argparse wraps lines at spaces and hyphens: compare without whitespace
@@ -151,6 +153,7 @@ def test_help_lists_every_distillation_field_with_its_help(folders):
         assert "".join(f.metadata["help"].split()) in squeezed, f.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", ["yaml", "json"])
 def test_the_script_reads_the_same_settings_from_a_yaml_or_json_file(folders, suffix):
     settings = {

@@ -8,8 +8,8 @@ import pytest
 from test_model_card import RECORD
 
 from hf_distill import Lineage
-from hf_distill.atomic import atomic_open, atomic_path, write_json, write_text
-from hf_distill.lineage import LINEAGE_FILE
+from hf_distill.hub.lineage import LINEAGE_FILE
+from hf_distill.utils.atomic import atomic_open, atomic_path, write_json, write_text
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hf_distill")
 
@@ -74,7 +74,7 @@ def test_a_cache_shard_that_fails_mid_write_is_not_left_under_its_name(tmp_path,
     import pyarrow.parquet as pq
     from datasets import Features, Sequence, Value
 
-    from hf_distill.cache_writer import write_shard
+    from hf_distill.offline.writer import write_shard
 
     real = pq.write_table
 
@@ -107,10 +107,10 @@ def test_no_module_writes_a_file_in_place():
             previous: list[str] = []
             for number, line in enumerate(open(path, encoding="utf-8"), 1):
                 code = line.split("#")[0]  # a comment mentioning atomic writes excuses nothing
-                # A write is atomic when it goes through hf_distill.atomic on that line, or into the temporary path
+                # A write is atomic when it goes through hf_distill.utils.atomic on that line, or into the temporary path
                 # an `atomic_path(...)` / `atomic_open(...)` block opened just above.
                 through = "atomic" in code or any(("atomic_path(" in p or "atomic_open(" in p) for p in previous)
                 if WRITE.search(code) and not through:
                     offenders.append(f"{os.path.relpath(path, PACKAGE)}:{number}: {line.strip()}")
                 previous = [*previous[-2:], code]
-    assert offenders == [], "write through hf_distill.atomic instead:\n" + "\n".join(offenders)
+    assert offenders == [], "write through hf_distill.utils.atomic instead:\n" + "\n".join(offenders)

@@ -7,11 +7,7 @@ from tiny_models import VOCAB, PlainClassifier, collate, examples, llama
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from hf_distill import DistillationConfig, DistillationTrainer
-
-
-def _args(tmp_path, **kw):
-    return DistillationConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True, **kw)
+from hf_distill import DistillationTrainer
 
 
 def tokenizer(tokens):
@@ -22,35 +18,35 @@ def tokenizer(tokens):
 WORDS = ["<unk>"] + [f"w{i}" for i in range(1, 90)]
 
 
-def test_missing_teacher(tmp_path):
+def test_missing_teacher(training_args):
     with pytest.raises(ValueError, match="No teacher: pass `teacher_model=`"):
-        DistillationTrainer(model=llama(), args=_args(tmp_path))
+        DistillationTrainer(model=llama(), args=training_args())
 
 
-def test_incompatible_tokenizers_name_the_first_differing_token(tmp_path):
+def test_incompatible_tokenizers_name_the_first_differing_token(training_args):
     swapped = WORDS[:7] + ["w8", "w7"] + WORDS[9:]
     with pytest.raises(ValueError, match=r"token id 7 is 'w7' for the student but 'w8' for the teacher"):
         DistillationTrainer(
             model=llama(),
             teacher_model=llama(64, 2),
-            args=_args(tmp_path),
+            args=training_args(),
             processing_class=tokenizer(WORDS),
             teacher_processing_class=tokenizer(swapped),
         )
 
 
-def test_different_vocab_sizes_without_tokenizers_are_refused(tmp_path):
+def test_different_vocab_sizes_without_tokenizers_are_refused(training_args):
     with pytest.raises(ValueError, match=f"student predicts over {VOCAB} tokens and the teacher over 128"):
-        DistillationTrainer(model=llama(), teacher_model=llama(64, 2, vocab=128), args=_args(tmp_path))
+        DistillationTrainer(model=llama(), teacher_model=llama(64, 2, vocab=128), args=training_args())
 
 
-def test_padded_vocabulary_is_compared_over_the_shared_entries(tmp_path):
+def test_padded_vocabulary_is_compared_over_the_shared_entries(training_args):
     """Same tokenizer, embeddings padded to different sizes (as Qwen2.5 0.5B vs 7B): compare the shared rows."""
     student, teacher = llama(32, 1, vocab=VOCAB), llama(64, 2, vocab=128)
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
-        args=_args(tmp_path),
+        args=training_args(),
         processing_class=tokenizer(WORDS),
         teacher_processing_class=tokenizer(WORDS),
     )
@@ -65,12 +61,12 @@ def test_padded_vocabulary_is_compared_over_the_shared_entries(tmp_path):
     torch.testing.assert_close(got.double(), kd[valid].mean(), rtol=1e-5, atol=1e-6)
 
 
-def test_output_without_logits(tmp_path):
+def test_output_without_logits(training_args):
     rows = examples("plain", 4)
     trainer = DistillationTrainer(
         model=PlainClassifier(key="scores"),
         teacher_model=PlainClassifier(),
-        args=_args(tmp_path, max_steps=1),
+        args=training_args(max_steps=1),
         train_dataset=Dataset.from_list(rows),
         data_collator=collate,
     )
@@ -90,22 +86,22 @@ def test_output_without_logits(tmp_path):
         ("ce_weight", -1.0, "ce_weight=-1.0 must be >= 0"),
     ],
 )
-def test_invalid_config_fields(tmp_path, field, value, message):
+def test_invalid_config_fields(field, value, message, training_args):
     with pytest.raises(ValueError, match=message):
-        _args(tmp_path, **{field: value})
+        training_args(**{field: value})
 
 
-def test_both_weights_zero(tmp_path):
+def test_both_weights_zero(training_args):
     with pytest.raises(ValueError, match="kd_weight and ce_weight are both 0"):
-        _args(tmp_path, kd_weight=0.0, ce_weight=0.0)
+        training_args(kd_weight=0.0, ce_weight=0.0)
 
 
-def test_ce_weight_without_labels_in_the_batch(tmp_path):
+def test_ce_weight_without_labels_in_the_batch(training_args):
     rows = [{k: v for k, v in r.items() if k != "labels"} for r in examples("causal_lm", 4)]
     trainer = DistillationTrainer(
         model=llama(),
         teacher_model=llama(64, 2),
-        args=_args(tmp_path, max_steps=1, ce_weight=0.5),
+        args=training_args(max_steps=1, ce_weight=0.5),
         train_dataset=Dataset.from_list(rows),
         data_collator=collate,
     )
@@ -113,33 +109,33 @@ def test_ce_weight_without_labels_in_the_batch(tmp_path):
         trainer.train()
 
 
-def test_teacher_dispatched_to_another_device(tmp_path):
+def test_teacher_dispatched_to_another_device(training_args):
     teacher = llama(64, 2)
     teacher.hf_device_map = {"model": "cuda:1", "lm_head": "cuda:1"}
     with pytest.raises(ValueError, match=r"teacher_model is dispatched over \['cuda:1'\].*student trains on cpu"):
-        DistillationTrainer(model=llama(), teacher_model=teacher, args=_args(tmp_path))
+        DistillationTrainer(model=llama(), teacher_model=teacher, args=training_args())
 
 
-def test_teacher_without_weights(tmp_path):
+def test_teacher_without_weights(training_args):
     with torch.device("meta"):
         teacher = llama(64, 2)
     with pytest.raises(ValueError, match="teacher_model has parameters on the 'meta' device"):
-        DistillationTrainer(model=llama(), teacher_model=teacher, args=_args(tmp_path))
+        DistillationTrainer(model=llama(), teacher_model=teacher, args=training_args())
 
 
-def test_compute_loss_func_is_refused(tmp_path):
+def test_compute_loss_func_is_refused(training_args):
     with pytest.raises(ValueError, match="compute_loss_func is not supported"):
-        DistillationTrainer(model=llama(), teacher_model=llama(64, 2), args=_args(tmp_path), compute_loss_func=print)
+        DistillationTrainer(model=llama(), teacher_model=llama(64, 2), args=training_args(), compute_loss_func=print)
 
 
-def test_classifiers_with_different_label_counts(tmp_path):
+def test_classifiers_with_different_label_counts(training_args):
     rows = examples("plain", 4)
     teacher = PlainClassifier()
     teacher.net[-1] = torch.nn.Linear(16, 5)
     trainer = DistillationTrainer(
         model=PlainClassifier(),
         teacher_model=teacher,
-        args=_args(tmp_path, max_steps=1),
+        args=training_args(max_steps=1),
         train_dataset=Dataset.from_list(rows),
         data_collator=collate,
     )
@@ -147,13 +143,13 @@ def test_classifiers_with_different_label_counts(tmp_path):
         trainer.train()
 
 
-def test_columns_the_loss_needs_survive_remove_unused_columns(tmp_path):
+def test_columns_the_loss_needs_survive_remove_unused_columns(training_args):
     """A plain module's forward names no labels; Trainer alone would drop the column and train on nothing."""
     rows = examples("plain", 8)
     trainer = DistillationTrainer(
         model=PlainClassifier(),
         teacher_model=PlainClassifier(),
-        args=_args(tmp_path, max_steps=1, logging_steps=1, ce_weight=1.0, remove_unused_columns=True),
+        args=training_args(max_steps=1, logging_steps=1, ce_weight=1.0, remove_unused_columns=True),
         train_dataset=Dataset.from_list([{**r, "unused": 1} for r in rows]),
         data_collator=collate,
     )

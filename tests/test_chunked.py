@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from hf_distill.losses import DIVERGENCES, KDObjective, objective_sums
-from hf_distill.losses.chunked import LinearHead, chunked_objective_sums
+from hf_distill.losses import DIVERGENCES, KDObjective, Positions, objective_sums
+from hf_distill.losses.chunked import HeadInput, LinearHead, chunked_objective_sums
 
 
 def _setup(batch, length, hidden_s, hidden_t, vocab_s, vocab_t, dtype=torch.float32, bias=True, ignore_rows=()):
@@ -25,12 +25,15 @@ def _both(objective, tensors, student_kw=None, teacher_kw=None, chunk=5, shift=T
     student, teacher = LinearHead(w_s, b_s, **(student_kw or {})), LinearHead(w_t, None, **(teacher_kw or {}))
     params = [p for p in (h_s, w_s, b_s) if p is not None]
 
-    chunked = chunked_objective_sums(objective, h_s, student, h_t, teacher, labels, None, shift, chunk, vocab_size)
+    positions = Positions(labels, shift_labels=shift)
+    chunked = chunked_objective_sums(
+        objective, HeadInput(h_s, student), HeadInput(h_t, teacher), positions, chunk, vocab_size
+    )
     chunked_grads = torch.autograd.grad(chunked.total, params)
 
     logits_s = student.transform(student.linear(h_s))
     logits_t = teacher.transform(teacher.linear(h_t))
-    reference = objective_sums(objective, logits_s, logits_t, labels, None, shift, vocab_size)
+    reference = objective_sums(objective, logits_s, logits_t, positions, vocab_size)
     reference_grads = torch.autograd.grad(reference.total, params)
     return chunked, chunked_grads, reference, reference_grads
 
@@ -77,7 +80,8 @@ def test_all_ignored_chunks_and_batches():
     _assert_equal(*_both(objective, _setup(3, 7, 8, 8, 19, 19, ignore_rows=(1,)), chunk=3))
     h_s, h_t, w_s, w_t, b_s, labels = _setup(2, 5, 8, 8, 19, 19)
     labels.fill_(-100)
-    sums = chunked_objective_sums(objective, h_s, LinearHead(w_s, b_s), h_t, LinearHead(w_t), labels, None, True, 2)
+    student, teacher = HeadInput(h_s, LinearHead(w_s, b_s)), HeadInput(h_t, LinearHead(w_t))
+    sums = chunked_objective_sums(objective, student, teacher, Positions(labels, shift_labels=True), 2)
     sums.total.backward()
     assert sums.total.item() == 0.0 and sums.num_targets.item() == 0
     assert torch.equal(h_s.grad, torch.zeros_like(h_s)) and torch.equal(w_s.grad, torch.zeros_like(w_s))
@@ -88,9 +92,10 @@ def test_without_labels_uses_the_attention_mask():
     h_s, h_t, w_s, w_t, b_s, _ = _setup(2, 6, 8, 8, 13, 13)
     mask = torch.ones(2, 6, dtype=torch.long)
     mask[1, 4:] = 0
-    chunked = chunked_objective_sums(objective, h_s, LinearHead(w_s, b_s), h_t, LinearHead(w_t), None, mask, True, 4)
     s, t = LinearHead(w_s, b_s), LinearHead(w_t)
-    reference = objective_sums(objective, s.transform(s.linear(h_s)), t.transform(t.linear(h_t)), None, mask, True)
+    positions = Positions(attention_mask=mask, shift_labels=True)
+    chunked = chunked_objective_sums(objective, HeadInput(h_s, s), HeadInput(h_t, t), positions, 4)
+    reference = objective_sums(objective, s.transform(s.linear(h_s)), t.transform(t.linear(h_t)), positions)
     torch.testing.assert_close(chunked.total, reference.total)
     assert chunked.ce is None and chunked.num_targets.item() == 5 + 4  # shifted: 6-1 real, then 4 of 5
 
@@ -100,7 +105,11 @@ def test_no_gradients_in_evaluation():
     h_s, h_t, w_s, w_t, b_s, labels = _setup(2, 6, 8, 8, 13, 13)
     with torch.no_grad():
         sums = chunked_objective_sums(
-            objective, h_s, LinearHead(w_s, b_s), h_t, LinearHead(w_t), labels, None, True, 4
+            objective,
+            HeadInput(h_s, LinearHead(w_s, b_s)),
+            HeadInput(h_t, LinearHead(w_t)),
+            Positions(labels, shift_labels=True),
+            4,
         )
     assert not sums.total.requires_grad
 
@@ -115,3 +124,32 @@ def test_bfloat16_inputs_within_documented_tolerance():
     torch.testing.assert_close(chunked.total, reference.total.float(), rtol=1e-3, atol=1e-3)
     for got, want in zip(chunked_grads, reference_grads):
         torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_distillation_sums_dispatches_on_the_kinds_of_outputs():
+    from hf_distill.losses import TopK, distillation_sums, sparse_objective_sums
+    from hf_distill.losses.chunked import chunked_sparse_objective_sums
+
+    objective = KDObjective(kd_loss="jsd", ce_weight=0.5)
+    h_s, h_t, w_s, w_t, b_s, labels = _setup(2, 6, 8, 8, 13, 13)
+    s, t = LinearHead(w_s, b_s), LinearHead(w_t)
+    logits_s, logits_t = s.transform(s.linear(h_s)), t.transform(t.linear(h_t))
+    positions = Positions(labels, shift_labels=True)
+    logprobs, ids = torch.log_softmax(logits_t.detach(), -1).topk(4, -1)
+    top_k = TopK(ids, logprobs, None)
+    cases = [
+        (logits_s, logits_t, objective_sums(objective, logits_s, logits_t, positions)),
+        (
+            HeadInput(h_s, s),
+            HeadInput(h_t, t),
+            chunked_objective_sums(objective, HeadInput(h_s, s), HeadInput(h_t, t), positions, 4),
+        ),
+        (logits_s, top_k, sparse_objective_sums(objective, logits_s, top_k, positions)),
+        (HeadInput(h_s, s), top_k, chunked_sparse_objective_sums(objective, HeadInput(h_s, s), top_k, positions, 4)),
+    ]
+    for student, teacher, want in cases:
+        got = distillation_sums(objective, student, teacher, positions, chunk_size=4)
+        torch.testing.assert_close(got.total, want.total)
+        assert got.num_targets.item() == want.num_targets.item()
+    with pytest.raises(TypeError, match="student of kind logits and a teacher of kind HeadInput"):
+        distillation_sums(objective, logits_s, HeadInput(h_t, t), positions, chunk_size=4)

@@ -161,7 +161,7 @@ def test_negative_chunk_size_is_refused(tmp_path):
 
 
 def test_linear_head_reads_the_logit_transforms_from_the_config():
-    from hf_distill.lm_head import linear_head
+    from hf_distill.modeling.lm_head import linear_head
 
     model = llama(32, 1)
     assert (linear_head(model).logit_scale, linear_head(model).softcap) == (1.0, None)

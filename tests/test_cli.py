@@ -11,9 +11,9 @@ import yaml
 from tiny_models import save_tiny_teacher, tiny_recipe
 from transformers import AutoModelForCausalLM
 
-from hf_distill.cli import main
-from hf_distill.recipe import load_recipe
-from hf_distill.run import run_recipe
+from hf_distill.cli.main import main
+from hf_distill.cli.recipe import load_recipe
+from hf_distill.cli.train import run_recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_YAML = sorted(glob.glob(os.path.join(REPO, "trainer_configs", "**", "*.yaml"), recursive=True))
@@ -96,11 +96,43 @@ def test_bad_recipes_name_the_key(tmp_path, change, message):
 
 
 def test_overrides_reach_args_and_sections(tmp_path):
-    from hf_distill.recipe import parse_overrides
+    from hf_distill.cli.recipe import parse_overrides
 
     recipe = load_recipe(_write(tmp_path, BASE), parse_overrides(["--learning_rate", "1e-3", "--data.block_size=7"]))
     assert recipe.args["learning_rate"] == 1e-3 and recipe.data.block_size == 7
     assert recipe.training_arguments().learning_rate == 1e-3
+
+
+def test_train_help_lists_every_distillation_config_field(capsys):
+    import dataclasses
+
+    from hf_distill import DistillationConfig
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    listed = capsys.readouterr().out
+    missing = [f.name for f in dataclasses.fields(DistillationConfig) if f.init and f"--{f.name}" not in listed]
+    assert not missing, missing
+    assert "Softmax temperature of the KD term" in listed  # with the field's help
+
+
+def test_hyphenated_overrides_reach_args_as_the_help_spells_them(tmp_path):
+    from hf_distill.cli.recipe import parse_overrides
+
+    recipe = load_recipe(_write(tmp_path, BASE), parse_overrides(["--learning-rate", "2e-3", "--kd-temperature=3"]))
+    assert recipe.training_arguments().learning_rate == 2e-3
+    assert recipe.training_arguments().kd_temperature == 3.0
+
+
+def test_teacher_revision_reaches_the_librarys_loader(tmp_path, monkeypatch):
+    import hf_distill.cli.train as train
+
+    seen = {}
+    monkeypatch.setattr(train, "load_teacher", lambda name, **kwargs: seen.update(name=name, **kwargs) or "teacher")
+    recipe = load_recipe(_write(tmp_path, {**BASE, "teacher": {"model_name_or_path": "acme/t", "revision": "v1"}}))
+    assert train.load_teacher_model(recipe) == "teacher"
+    assert seen["name"] == "acme/t" and seen["revision"] == "v1" and seen["task"] == "causal_lm"
 
 
 def test_cli_reports_a_bad_recipe_without_a_traceback(tmp_path, capsys):
@@ -151,7 +183,7 @@ def test_cli_run_writes_a_card_with_the_teacher_vs_student_comparison(tmp_path, 
 
 
 def test_lora_recipe_trains_adapters_and_saves_a_merged_student(tmp_path, tiny_teacher_folder, capsys):
-    from hf_distill.lineage import Lineage
+    from hf_distill.hub.lineage import Lineage
 
     shipped = load_recipe(os.path.join(REPO, "trainer_configs", "lora_student.yaml"))
     assert "lm_head" in shipped.peft_config().target_modules and shipped.training_arguments().merge_adapter_on_save
@@ -183,6 +215,7 @@ def test_qlora_recipe_without_bitsandbytes_is_refused_before_loading(tmp_path, m
         run_recipe(load_recipe(_write(tmp_path, recipe)))
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "hf_distill", "train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--field value" in result.stdout

@@ -16,8 +16,8 @@ from datasets import Dataset
 from tiny_models import llama
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-from hf_distill import DistillationConfig, DistillationTrainer, LicensePolicyError
-from hf_distill.licenses import decide
+from hf_distill import DistillationTrainer, LicensePolicyError
+from hf_distill.hub.licenses import decide
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,11 +27,8 @@ def _data(n=4, length=8, vocab=97):
     return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * length] * n, "labels": ids})
 
 
-def _args(output_dir, **kwargs):
-    return dict(
-        output_dir=str(output_dir), per_device_train_batch_size=2, max_steps=1, report_to=[], use_cpu=True,
-        save_strategy="no", disable_tqdm=True, **kwargs,
-    )  # fmt: skip
+# What these runs set beyond the `training_args` fixture's defaults.
+RUN = dict(per_device_train_batch_size=2, max_steps=1, save_strategy="no")
 
 
 class _Warnings(logging.Handler):
@@ -76,14 +73,16 @@ def test_it_takes_every_argument_trainer_create_model_card_takes():
         assert ours[name].default == parameter.default, name
 
 
-def test_a_teacher_without_a_license_gets_a_card_that_says_so_with_one_warning(tmp_path, warnings_logged):
+def test_a_teacher_without_a_license_gets_a_card_that_says_so_with_one_warning(
+    tmp_path, warnings_logged, training_args
+):
     llama(64, 2).save_pretrained(tmp_path / "teacher")  # a folder without README.md: no license anywhere
     llama(32, 1).save_pretrained(tmp_path / "student-init")
     student = AutoModelForCausalLM.from_pretrained(tmp_path / "student-init")
     trainer = DistillationTrainer(
         model=student,
         teacher_model=str(tmp_path / "teacher"),
-        args=DistillationConfig(**_args(tmp_path / "out", preflight="off")),
+        args=training_args(**RUN, preflight="off"),
         train_dataset=_data(),
     )
     trainer.train()
@@ -114,9 +113,13 @@ def test_a_teacher_without_a_license_gets_a_card_that_says_so_with_one_warning(t
         trainer.create_model_card(colour="blue")
 
 
-def test_a_teacher_fine_tuned_by_plain_trainer_then_saved(tmp_path, warnings_logged):
+def test_a_teacher_fine_tuned_by_plain_trainer_then_saved(tmp_path, warnings_logged, training_args):
     # The common path: fine-tune a teacher with Trainer, save it with its card, distil from that folder.
-    teacher = Trainer(model=llama(64, 2), args=TrainingArguments(**_args(tmp_path / "teacher")), train_dataset=_data())
+    teacher = Trainer(
+        model=llama(64, 2),
+        args=training_args(tmp_path / "teacher", config_class=TrainingArguments, **RUN),
+        train_dataset=_data(),
+    )
     teacher.train()
     teacher.save_model()
     teacher.create_model_card(finetuned_from="acme/base-model", tasks="text-generation")
@@ -125,7 +128,8 @@ def test_a_teacher_fine_tuned_by_plain_trainer_then_saved(tmp_path, warnings_log
     trainer = DistillationTrainer(
         model=llama(32, 1),
         teacher_model=str(tmp_path / "teacher"),
-        args=TrainingArguments(**_args(tmp_path / "out")),  # the one-line swap keeps the user's TrainingArguments
+        # the one-line swap keeps the user's TrainingArguments
+        args=training_args(config_class=TrainingArguments, **RUN),
         train_dataset=_data(),
     )
     trainer.train()
@@ -138,10 +142,12 @@ def test_a_teacher_fine_tuned_by_plain_trainer_then_saved(tmp_path, warnings_log
     assert meta["distillation"]["teacher"] == {**meta["distillation"]["teacher"], "name": "teacher", "source": "local"}
 
 
-def test_a_readme_the_user_wrote_keeps_its_text(tmp_path):
+def test_a_readme_the_user_wrote_keeps_its_text(tmp_path, training_args):
     llama(64, 2).save_pretrained(tmp_path / "teacher")
     trainer = DistillationTrainer(
-        model=llama(32, 1), teacher_model=str(tmp_path / "teacher"), args=TrainingArguments(**_args(tmp_path / "out"))
+        model=llama(32, 1),
+        teacher_model=str(tmp_path / "teacher"),
+        args=training_args(config_class=TrainingArguments, **RUN),
     )
     os.makedirs(tmp_path / "out", exist_ok=True)
     (tmp_path / "out" / "README.md").write_text("---\nlanguage: fr\n---\n\n# Mine\n\nMy own words.\n")
@@ -170,6 +176,7 @@ def test_a_non_strict_decision_records_what_a_push_refuses(teacher_license, repo
     assert "pending" not in decide({"id": "mit"}, repo).to_dict()  # pushed records keep their layout
 
 
+@pytest.mark.slow
 def test_a_script_in_the_shape_of_run_clm_writes_its_card(tmp_path):
     llama(64, 2).save_pretrained(tmp_path / "teacher")
     llama(32, 1).save_pretrained(tmp_path / "student-init")
@@ -250,14 +257,16 @@ def test_a_script_in_the_shape_of_run_clm_writes_its_card(tmp_path):
     assert meta["datasets"] == ["acme/corpus"]  # the Hub id (dataset_tags), not the display name
 
 
-def test_a_push_leaves_a_local_finetuned_from_out_of_base_model_with_a_warning(hub, tmp_path, warnings_logged):
+def test_a_push_leaves_a_local_finetuned_from_out_of_base_model_with_a_warning(
+    hub, tmp_path, warnings_logged, training_args
+):
     llama(64, 2).save_pretrained(tmp_path / "teacher")
     (tmp_path / "teacher" / "README.md").write_text("---\nlicense: mit\n---\n")
     llama(32, 1).save_pretrained(tmp_path / "student-init")
     trainer = DistillationTrainer(
         model=AutoModelForCausalLM.from_pretrained(tmp_path / "student-init"),
         teacher_model=str(tmp_path / "teacher"),
-        args=DistillationConfig(**_args(tmp_path / "out", preflight="off", hub_model_id="me/student")),
+        args=training_args(**RUN, preflight="off", hub_model_id="me/student"),
         train_dataset=_data(),
     )
     trainer.train()
@@ -272,11 +281,13 @@ def test_a_push_leaves_a_local_finetuned_from_out_of_base_model_with_a_warning(h
     assert "| Fine-tuned from | `student-init` (a local checkpoint" in card
 
 
-def test_a_local_card_words_the_files_only_a_push_adds_as_such(tmp_path):
+def test_a_local_card_words_the_files_only_a_push_adds_as_such(tmp_path, training_args):
     llama(64, 2).save_pretrained(tmp_path / "teacher")
     (tmp_path / "teacher" / "README.md").write_text("---\nlicense: llama3.1\n---\n# teacher\n")
     trainer = DistillationTrainer(
-        model=llama(32, 1), teacher_model=str(tmp_path / "teacher"), args=TrainingArguments(**_args(tmp_path / "out"))
+        model=llama(32, 1),
+        teacher_model=str(tmp_path / "teacher"),
+        args=training_args(config_class=TrainingArguments, **RUN),
     )
     trainer.create_model_card()
     _, body, _ = _meta_and_body(tmp_path / "out" / "README.md")

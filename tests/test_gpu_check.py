@@ -46,6 +46,7 @@ def _finite(*values):
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
 
+@pytest.mark.slow
 def test_dry_run_writes_every_section_and_says_it_is_no_gpu_figure(dry_run):
     out, figures, report = dry_run
     assert figures["meta"]["dry_run"] is True and figures["meta"]["device"].startswith("CPU")
@@ -58,6 +59,7 @@ def test_dry_run_writes_every_section_and_says_it_is_no_gpu_figure(dry_run):
     assert (out / "log.txt").read_text().count("GPU check summary:") == 1  # run_all.sh tees the whole output
 
 
+@pytest.mark.slow
 def test_float64_reference_comparisons_are_computed_and_within_tolerance(dry_run):
     _, figures, report = dry_run
     rows = figures["checks"]["a"]["divergences"]
@@ -80,6 +82,7 @@ def test_float64_reference_comparisons_are_computed_and_within_tolerance(dry_run
     assert "| chunked loss | tvd | bfloat16 |" in report
 
 
+@pytest.mark.slow
 def test_loss_kernel_benchmark_runs_every_available_variant_and_says_why_others_are_skipped(dry_run):
     _, figures, _ = dry_run
     check = figures["checks"]["b"]
@@ -97,6 +100,7 @@ def test_loss_kernel_benchmark_runs_every_available_variant_and_says_why_others_
     assert any("TRL's `ChunkedDivergenceFunction` runs its torch" in note for note in check["notes"])
 
 
+@pytest.mark.slow
 def test_step_plan_placements_and_quickstart_run_on_cpu_and_name_what_needs_cuda(dry_run):
     _, figures, _ = dry_run
     checks = figures["checks"]
@@ -132,6 +136,7 @@ def test_step_plan_placements_and_quickstart_run_on_cpu_and_name_what_needs_cuda
     assert all(_finite(m["metric"]) for m in quickstart["models"])
 
 
+@pytest.mark.slow
 def test_a_spent_budget_skips_the_rest_of_its_check_and_says_so(tmp_path):
     calls = []
 
@@ -155,6 +160,7 @@ def test_a_spent_budget_skips_the_rest_of_its_check_and_says_so(tmp_path):
     assert "- second: the check's time budget" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_failing_check_or_item_records_its_error_and_the_rest_still_runs(tmp_path):
     ran = []
 

@@ -10,7 +10,7 @@ from tiny_models import collate, examples, llama
 from transformers import BartConfig, BartForConditionalGeneration, MarianConfig, MarianMTModel
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.lm_head import capture_head_input, linear_head
+from hf_distill.modeling.lm_head import capture_head_input, linear_head
 
 VOCAB = 97
 
@@ -214,7 +214,7 @@ def _no_prepare_model(kind: str, d_model: int, layers: int):
 def test_decoder_inputs_without_prepare_method_match_the_models_own(tmp_path, kind):
     from datasets import Dataset
 
-    from hf_distill.teacher import decoder_input_ids_from_labels
+    from hf_distill.modeling.forward import decoder_input_ids_from_labels
 
     torch.manual_seed(0)
     student, teacher = _no_prepare_model(kind, 32, 1), _no_prepare_model(kind, 48, 2)

@@ -15,9 +15,9 @@ from tiny_models import llama
 from transformers import AutoModelForCausalLM
 
 from hf_distill import DistillationConfig, DistillationTrainer, LicensePolicyError, LineageError, read_lineage
-from hf_distill.cli import main
-from hf_distill.hub import PushRefusedError
-from hf_distill.student_init import student_from_teacher_layers
+from hf_distill.cli.main import main
+from hf_distill.hub.push import PushRefusedError
+from hf_distill.modeling.student_init import student_from_teacher_layers
 
 LICENSE_TEXT = b"The teacher's license text.\n"
 
@@ -87,6 +87,7 @@ def _distilled_from_hub_teacher(hub, tmp_path, repo="me/tiny-student", name="a")
     return trainer, teacher_sha
 
 
+@pytest.mark.slow
 def test_full_student_push_pins_the_teacher_and_pulls_back_with_transformers_alone(hub, tmp_path):
     trainer, teacher_sha = _distilled_from_hub_teacher(hub, tmp_path)
     hub.add_commit("acme/teacher", {"README.md": "---\nlicense: apache-2.0\n---\nchanged after training\n"})
@@ -129,6 +130,7 @@ def test_full_student_push_pins_the_teacher_and_pulls_back_with_transformers_alo
     assert lineage.record.student["init"] == {"kind": "teacher_layers", "layers": [0, 2]}
 
 
+@pytest.mark.slow
 def test_adapter_student_push_loads_with_peft_over_its_hub_base(hub, tmp_path):
     base_sha = _seed_model(hub, "acme/base", llama(64, 1), "mit")
     _seed_model(hub, "acme/teacher", llama(64, 2), "apache-2.0")
@@ -153,6 +155,7 @@ def test_adapter_student_push_loads_with_peft_over_its_hub_base(hub, tmp_path):
     torch.testing.assert_close(_logits(pulled), _logits(trainer.model), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_level_chain_reads_back_up_to_the_first_teacher(hub, tmp_path, capsys):
     first, teacher_sha = _distilled_from_hub_teacher(hub, tmp_path, repo="me/student-a")
     first.push_to_hub()
@@ -264,6 +267,7 @@ def test_checkpoint_pushes_carry_the_card_and_lineage_in_each_commit(hub, tmp_pa
             assert str(tmp_path) not in text and HUB_TOKEN not in text, path
 
 
+@pytest.mark.slow
 def test_malformed_lineage_in_a_pulled_card_names_the_field(hub, tmp_path, capsys):
     trainer, _ = _distilled_from_hub_teacher(hub, tmp_path)
     trainer.push_to_hub()
@@ -281,10 +285,11 @@ def test_malformed_lineage_in_a_pulled_card_names_the_field(hub, tmp_path, capsy
     assert "teacher.revision" in captured.err and '"kd_loss": "forward_kl"' in captured.out
 
 
+@pytest.mark.slow
 def test_a_teacher_cache_on_the_hub_is_pinned_and_named_in_the_students_lineage(hub, tmp_path):
     from huggingface_hub import HfApi
 
-    from hf_distill.cache_writer import cache_teacher
+    from hf_distill.offline.writer import cache_teacher
 
     _seed_model(hub, "acme/teacher", llama(64, 2), "apache-2.0")
     teacher = AutoModelForCausalLM.from_pretrained("acme/teacher")

@@ -12,9 +12,9 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_pt_utils import LabelSmoother
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.losses import KDObjective, objective_sums
-from hf_distill.losses.chunked import LinearHead, chunked_objective_sums
-from hf_distill.losses.composite import smoothed_cross_entropy_sum
+from hf_distill.losses import KDObjective, Positions, objective_sums
+from hf_distill.losses.chunked import HeadInput, LinearHead, chunked_objective_sums
+from hf_distill.losses.objective import smoothed_cross_entropy_sum
 
 EPS = 0.1
 
@@ -91,9 +91,10 @@ def test_smoothed_ce_equals_label_smoother(shift):
     valid = targets != -100
     got = smoothed_cross_entropy_sum(rows[valid], targets[valid], EPS) / valid.sum()
     torch.testing.assert_close(got, expected)
-    sums = objective_sums(KDObjective(ce_weight=1.0, label_smoothing_factor=EPS), logits, logits, labels, None, shift)
+    positions = Positions(labels, shift_labels=shift)
+    sums = objective_sums(KDObjective(ce_weight=1.0, label_smoothing_factor=EPS), logits, logits, positions)
     torch.testing.assert_close(sums.ce / sums.num_targets, expected)
-    plain = objective_sums(KDObjective(ce_weight=1.0), logits, logits, labels, None, shift)
+    plain = objective_sums(KDObjective(ce_weight=1.0), logits, logits, positions)
     assert abs((plain.ce / plain.num_targets - expected).item()) > 1e-2  # the smoothing is not a no-op here
 
 
@@ -108,11 +109,11 @@ def test_chunked_smoothed_objective_and_gradient_equal_the_logits_path(temperatu
     weight_t = torch.randn(shared or 11, 6)
     labels = torch.randint(0, shared or 11, (3, 7))
     labels[1, 3:] = -100
-    reference = objective_sums(objective, hidden_s @ weight_s.t(), hidden_t @ weight_t.t(), labels, None, True, shared)
+    positions = Positions(labels, shift_labels=True)
+    reference = objective_sums(objective, hidden_s @ weight_s.t(), hidden_t @ weight_t.t(), positions, shared)
     ref_grads = torch.autograd.grad(reference.total, (hidden_s, weight_s))
-    chunked = chunked_objective_sums(
-        objective, hidden_s, LinearHead(weight_s), hidden_t, LinearHead(weight_t), labels, None, True, 4, shared
-    )
+    student, teacher = HeadInput(hidden_s, LinearHead(weight_s)), HeadInput(hidden_t, LinearHead(weight_t))
+    chunked = chunked_objective_sums(objective, student, teacher, positions, 4, shared)
     grads = torch.autograd.grad(chunked.total, (hidden_s, weight_s))
     torch.testing.assert_close(chunked.ce, reference.ce)
     torch.testing.assert_close(chunked.total, reference.total)

@@ -11,7 +11,6 @@ from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.label_mapping import PERMUTATION_ATTRIBUTE
 
 NAMES = ["negative", "neutral", "positive"]
 
@@ -100,7 +99,7 @@ def test_unnamed_labels_on_one_side_are_used_as_they_are(tmp_path):
     student = _named(bert_sequence(32, 1), NAMES)
     teacher = bert_sequence(48, 2)  # LABEL_0, LABEL_1, LABEL_2: nothing to map by
     trainer = _trainer(tmp_path, student, teacher)
-    assert getattr(trainer.teacher_model, PERMUTATION_ATTRIBUTE) is None
+    assert trainer.teacher.label_permutation is None
 
 
 def _tokenizer(prefix):

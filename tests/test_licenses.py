@@ -2,7 +2,9 @@
 
 import pytest
 
-from hf_distill.licenses import TERMS, LicensePolicyError, decide, terms_key
+from hf_distill.hub.licenses import PERMISSIVE, TERMS, LicensePolicyError, decide, needs_license_file, terms_key
+from hf_distill.hub.push import teacher_license_files, user_license_copy
+from hf_distill.hub.secrets import PushRefusedError
 
 LLAMA31 = {"id": "llama3.1", "link": "https://huggingface.co/meta-llama/Llama-3.1-8B/blob/main/LICENSE"}
 
@@ -98,3 +100,36 @@ def test_permissive_teacher(derive):
     assert decision.student_license == ({"id": "apache-2.0"} if derive else None)
     assert decision.needs_license_copy is derive
     assert decide({"id": "mit"}, "me/s", student_license="apache-2.0").student_license == {"id": "apache-2.0"}
+
+
+@pytest.mark.parametrize("license_id", PERMISSIVE)
+def test_a_permissive_license_without_a_license_file_needs_only_its_id(license_id, tmp_path):
+    """Weights cut from a permissive teacher carry its license; the Hub knows every permissive id and links its text,
+    so a push needs no LICENSE file when the teacher has none to copy (one table: `licenses.PERMISSIVE`)."""
+    assert TERMS[license_id] == TERMS["apache-2.0"]
+    decision = decide({"id": license_id}, "me/student", weights_derive_from_teacher=True)
+    assert decision.needs_license_copy and not needs_license_file(decision)
+    assert user_license_copy(decision, {}, [str(tmp_path)]) == {}  # nothing to add, nothing refused
+
+
+@pytest.mark.parametrize("license_id", ["llama3.1", "gemma", "qwen", "cc-by-nc-4.0"])
+def test_a_license_that_must_travel_as_text_needs_a_file(license_id, tmp_path):
+    decision = decide({"id": license_id}, "me/Llama-student", acknowledge_teacher_license=True)
+    assert needs_license_file(decision)
+    with pytest.raises(PushRefusedError, match="LICENSE in the output folder"):
+        user_license_copy(decision, {}, [str(tmp_path)])
+    assert user_license_copy(decision, {"LICENSE": b"text"}, [str(tmp_path)]) == {}  # the teacher's own copy travels
+    (tmp_path / "LICENSE").write_text("the teacher's license\n")
+    assert user_license_copy(decision, {}, [str(tmp_path)]) == {}  # already in the pushed folder
+    assert decision.duties[-1] == "the teacher's license text, provided by the uploader as LICENSE"
+
+
+def test_the_teachers_license_files_are_read_at_the_pinned_commit(hub, caplog):
+    first = hub.add_commit("acme/teacher", {"LICENSE": "v1\n", "USE_POLICY.md": "policy\n", "config.json": "{}"})
+    hub.add_commit("acme/teacher", {"LICENSE": "v2\n", "NOTICE": "notice\n"})
+    files = teacher_license_files({"source": "hub", "name": "acme/teacher", "revision": first}, None)
+    assert files == {"LICENSE": b"v1\n", "USE_POLICY.md": b"policy\n"}
+    assert not hub.calls("GET", "config.json")  # only the license files are downloaded
+    caplog.set_level("WARNING")
+    assert teacher_license_files({"source": "hub", "name": "acme/missing", "revision": "f" * 40}, None) == {}
+    assert "Could not read the teacher's license files from the Hub" in caplog.text

@@ -13,26 +13,20 @@ from datasets import Dataset
 from test_model_card import RECORD
 from tiny_models import bert_sequence, llama
 
-from hf_distill import DistillationConfig, DistillationTrainer, Lineage, LineageError, read_lineage
-from hf_distill.lineage import LINEAGE_FILE
+from hf_distill import DistillationTrainer, Lineage, LineageError, read_lineage
+from hf_distill.hub.lineage import LINEAGE_FILE
+from hf_distill.modeling.student_init import student_from_teacher_layers
 from hf_distill.provenance import UNRESOLVED, resolve_revision
-from hf_distill.student_init import student_from_teacher_layers
 
-
-def _args(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        per_device_eval_batch_size=2,
-        max_steps=2,
-        learning_rate=1e-3,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-        preflight="off",
-    )
-    return DistillationConfig(**{**defaults, **kwargs})
+# What these runs set beyond the `training_args` fixture's defaults.
+RUN = dict(
+    per_device_train_batch_size=2,
+    per_device_eval_batch_size=2,
+    max_steps=2,
+    learning_rate=1e-3,
+    save_strategy="no",
+    preflight="off",
+)
 
 
 def _blocks(n=6, length=8, vocab=64, seed=0):
@@ -49,10 +43,12 @@ def teacher_folder(tmp_path):
     return str(folder)
 
 
-def test_local_teacher_is_pinned_by_its_weights_hash_and_its_card_license(tmp_path, teacher_folder):
-    teacher = DistillationTrainer(model=llama(64, 1), teacher_model=teacher_folder, args=_args(tmp_path)).teacher_model
+def test_local_teacher_is_pinned_by_its_weights_hash_and_its_card_license(tmp_path, teacher_folder, training_args):
+    teacher = DistillationTrainer(
+        model=llama(64, 1), teacher_model=teacher_folder, args=training_args(**RUN)
+    ).teacher_model
     student = student_from_teacher_layers(teacher, [0, 2])
-    trainer = DistillationTrainer(model=student, teacher_model=teacher_folder, args=_args(tmp_path))
+    trainer = DistillationTrainer(model=student, teacher_model=teacher_folder, args=training_args(**RUN))
     record = trainer.lineage()
     weights = os.path.join(teacher_folder, "model.safetensors")
     expected = hashlib.sha256(b"model.safetensors\0" + open(weights, "rb").read()).hexdigest()
@@ -68,22 +64,24 @@ def _model_record(trainer):
     return trainer.lineage().teacher
 
 
-def test_a_teacher_changed_in_memory_after_loading_is_not_pinned_to_its_checkpoint(tmp_path, teacher_folder):
+def test_a_teacher_changed_in_memory_after_loading_is_not_pinned_to_its_checkpoint(teacher_folder, training_args):
     from transformers import AutoModelForCausalLM
 
-    from hf_distill.model_card import _revision_text
+    from hf_distill.hub.card import _revision_text
 
     # Loaded as it is, or cast to another dtype: still the checkpoint, pinned by its hash (no false alarm).
     for dtype in (torch.float32, torch.bfloat16):
         teacher = AutoModelForCausalLM.from_pretrained(teacher_folder, dtype=dtype)
-        record = _model_record(DistillationTrainer(model=llama(64, 1), teacher_model=teacher, args=_args(tmp_path)))
+        record = _model_record(
+            DistillationTrainer(model=llama(64, 1), teacher_model=teacher, args=training_args(**RUN))
+        )
         assert record["weights_sha256"] and "modified_after_loading" not in record, dtype
     # Fine-tuned in memory (here: one norm weight nudged): the record must not claim the checkpoint's hash.
     teacher = AutoModelForCausalLM.from_pretrained(teacher_folder)
     with torch.no_grad():
         teacher.model.norm.weight[0] += 1e-3
     with pytest.warns(UserWarning, match="'my-teacher' in memory differ from the checkpoint"):
-        trainer = DistillationTrainer(model=llama(64, 1), teacher_model=teacher, args=_args(tmp_path))
+        trainer = DistillationTrainer(model=llama(64, 1), teacher_model=teacher, args=training_args(**RUN))
     record = _model_record(trainer)
     # The same when a student is cut from it first (the first hand-over is where it is checked).
     teacher = AutoModelForCausalLM.from_pretrained(teacher_folder)
@@ -91,14 +89,14 @@ def test_a_teacher_changed_in_memory_after_loading_is_not_pinned_to_its_checkpoi
         teacher.lm_head.weight[0, 0] += 1e-3
     with pytest.warns(UserWarning, match="differ from the checkpoint"):
         student = student_from_teacher_layers(teacher, [0])
-    cut = _model_record(DistillationTrainer(model=student, teacher_model=teacher, args=_args(tmp_path)))
+    cut = _model_record(DistillationTrainer(model=student, teacher_model=teacher, args=training_args(**RUN)))
     assert cut["modified_after_loading"] is True and cut["weights_sha256"] is None
     assert record["modified_after_loading"] is True and record["weights_sha256"] is None
     assert record["name"] == "my-teacher" and record["license"] == {"id": "mit"}  # still derived from it
     assert "not pinned" in _revision_text(record)
 
 
-def test_unresolvable_hub_revision_is_recorded_as_unresolved_never_invented(tmp_path):
+def test_unresolvable_hub_revision_is_recorded_as_unresolved_never_invented(training_args):
     # Offline (the suite's default) and not in the cache: nothing can say which commit this is.
     with pytest.warns(UserWarning, match="Could not resolve revision 'main' of 'acme/never-downloaded'"):
         assert resolve_revision("acme/never-downloaded") == UNRESOLVED
@@ -107,15 +105,15 @@ def test_unresolvable_hub_revision_is_recorded_as_unresolved_never_invented(tmp_
     teacher = llama(64, 2)
     teacher.config._name_or_path = "acme/never-downloaded"
     with pytest.warns(UserWarning, match="unresolved"):
-        record = DistillationTrainer(model=llama(64, 1), teacher_model=teacher, args=_args(tmp_path)).lineage()
+        record = DistillationTrainer(model=llama(64, 1), teacher_model=teacher, args=training_args(**RUN)).lineage()
     assert (record.teacher["source"], record.teacher["revision"]) == ("hub", UNRESOLVED)
     assert record.teacher["license"] is None  # unknown: a push will ask for an acknowledgement
 
 
-def test_objective_datasets_versions_and_a_random_student(tmp_path):
+def test_objective_datasets_versions_and_a_random_student(training_args):
     train, evaluation = _blocks(), _blocks(4, seed=1)
     train.info.dataset_name = "my-corpus"
-    args = _args(tmp_path, kd_loss="jsd", jsd_beta=0.3, kd_temperature=2.0, ce_weight=0.5, kd_chunk_size=8)
+    args = training_args(**RUN, kd_loss="jsd", jsd_beta=0.3, kd_temperature=2.0, ce_weight=0.5, kd_chunk_size=8)
     trainer = DistillationTrainer(
         model=llama(64, 1), teacher_model=llama(64, 2), args=args, train_dataset=train, eval_dataset=evaluation
     )
@@ -136,13 +134,15 @@ def test_objective_datasets_versions_and_a_random_student(tmp_path):
     assert record.versions["transformers"] == metadata.version("transformers")
 
 
-def test_a_dataset_downloaded_from_the_hub_is_recorded_at_its_commit(tmp_path):
+def test_a_dataset_downloaded_from_the_hub_is_recorded_at_its_commit(training_args):
     sha = "aa13bc287fa6fcab6daf52f0dfb9994269ffea28"
     data = _blocks()
     data.info.dataset_name = "acme/corpus"
     data.info.download_checksums = {f"hf://datasets/acme/corpus@{sha}/default/train/0000.parquet": {"num_bytes": 1}}
     (record,) = (
-        DistillationTrainer(model=llama(64, 1), teacher_model=llama(64, 2), args=_args(tmp_path), train_dataset=data)
+        DistillationTrainer(
+            model=llama(64, 1), teacher_model=llama(64, 2), args=training_args(**RUN), train_dataset=data
+        )
         .lineage()
         .datasets
     )
@@ -161,13 +161,13 @@ def _teacher_perplexity(teacher, dataset):
     return math.exp(total / count)
 
 
-def test_compare_with_teacher_scores_both_models_by_the_same_path_and_is_saved(tmp_path):
+def test_compare_with_teacher_scores_both_models_by_the_same_path_and_is_saved(training_args):
     teacher = llama(64, 2)
     evaluation = _blocks(4, seed=1)
     trainer = DistillationTrainer(
         model=llama(64, 1),
         teacher_model=teacher,
-        args=_args(tmp_path),
+        args=training_args(**RUN),
         train_dataset=_blocks(),
         eval_dataset=evaluation,
     )
@@ -192,7 +192,7 @@ def test_compare_with_teacher_scores_both_models_by_the_same_path_and_is_saved(t
     assert read_lineage(trainer.args.output_dir).record.evaluation == saved.evaluation  # a folder reads back too
 
 
-def test_compare_with_teacher_uses_compute_metrics_for_classification(tmp_path):
+def test_compare_with_teacher_uses_compute_metrics_for_classification(training_args):
     def accuracy(prediction):
         return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
 
@@ -203,7 +203,7 @@ def test_compare_with_teacher_uses_compute_metrics_for_classification(tmp_path):
     trainer = DistillationTrainer(
         model=bert_sequence(64, 1),
         teacher_model=teacher,
-        args=_args(tmp_path),
+        args=training_args(**RUN),
         eval_dataset=data,
         compute_metrics=accuracy,
     )
@@ -248,8 +248,8 @@ def test_malformed_records_name_the_field_and_keep_the_rest(path, value, field):
         assert rest.student == RECORD["student"]
 
 
-def test_saved_record_is_the_json_next_to_the_weights(tmp_path, teacher_folder):
-    trainer = DistillationTrainer(model=llama(64, 1), teacher_model=teacher_folder, args=_args(tmp_path))
+def test_saved_record_is_the_json_next_to_the_weights(teacher_folder, training_args):
+    trainer = DistillationTrainer(model=llama(64, 1), teacher_model=teacher_folder, args=training_args(**RUN))
     trainer.save_model()
     on_disk = Lineage.load(trainer.args.output_dir)
     assert on_disk.to_dict() == trainer.lineage().to_dict()

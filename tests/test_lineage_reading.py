@@ -10,10 +10,10 @@ import yaml
 from test_model_card import RECORD
 
 from hf_distill import LineageError, read_lineage
-from hf_distill.cli import main
-from hf_distill.lineage import LINEAGE_FILE, Lineage
-from hf_distill.pull import MAX_LINEAGE_BYTES
-from hf_distill.teacher_cache import CACHE_INFO_FILE, check_shard_name, load_teacher_cache
+from hf_distill.cli.main import main
+from hf_distill.hub.lineage import LINEAGE_FILE, Lineage
+from hf_distill.hub.pull import MAX_LINEAGE_BYTES
+from hf_distill.offline.cache import CACHE_INFO_FILE, check_shard_name, load_teacher_cache
 
 
 def _record(teacher_name, teacher_revision, source="hub"):
@@ -48,6 +48,7 @@ def test_the_walk_stops_at_max_depth_with_a_note(hub):
         read_lineage(repos[0], max_depth=0)
 
 
+@pytest.mark.slow
 def test_the_default_depth_cap_is_64_and_a_long_chain_never_recurses(hub, capsys):
     repos = _chain(hub, 70, prefix="me/long")
     chain = read_lineage(repos[0]).chain()
@@ -260,7 +261,7 @@ def test_a_hub_cache_downloads_only_the_files_its_manifest_names(hub, tmp_path):
     from datasets import Dataset
     from tiny_models import llama
 
-    from hf_distill.cache_writer import cache_teacher
+    from hf_distill.offline.writer import cache_teacher
 
     data = Dataset.from_dict({"input_ids": [[1, 2, 3, 4]] * 4, "attention_mask": [[1] * 4] * 4})
     cache_teacher(llama(32, 1), data, str(tmp_path / "cache"), k=4, progress=False)

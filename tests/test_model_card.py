@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from hf_distill.licenses import decide
-from hf_distill.lineage import Lineage
-from hf_distill.model_card import SECTION_END, SECTION_START, base_model, render_card, split_card
+from hf_distill.hub.card import SECTION_END, SECTION_START, base_model, render_card, split_card
+from hf_distill.hub.licenses import decide
+from hf_distill.hub.lineage import Lineage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
@@ -185,6 +185,7 @@ def test_a_generated_placeholder_card_is_replaced():
     assert card.split("---\n", 2)[2].lstrip().startswith("# student")
 
 
+@pytest.mark.slow
 def test_installed_wheel_renders_the_card(tmp_path):
     # The template ships inside the wheel: build it, install it apart from the source tree, render from there.
     subprocess.run(
@@ -212,8 +213,8 @@ def test_installed_wheel_renders_the_card(tmp_path):
     )
     script = (
         "import json, sys, hf_distill\n"
-        "from hf_distill.lineage import Lineage\nfrom hf_distill.licenses import decide\n"
-        "from hf_distill.model_card import render_card\n"
+        "from hf_distill.hub.lineage import Lineage\nfrom hf_distill.hub.licenses import decide\n"
+        "from hf_distill.hub.card import render_card\n"
         f"assert hf_distill.__file__.startswith({str(target)!r}), hf_distill.__file__\n"
         "lineage = Lineage.from_dict(json.loads(sys.stdin.read()))\n"
         "print(render_card(lineage, decide(lineage.teacher['license'], 'me/student'), 'me/student'), end='')\n"

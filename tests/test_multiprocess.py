@@ -17,6 +17,8 @@ DDP_CHECKS_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_chec
 ZERO3_CONFIG = os.path.join(os.path.dirname(__file__), "scripts", "ds_zero3.json")
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 
+pytestmark = pytest.mark.slow  # each test launches real processes (tens of seconds)
+
 
 LAUNCH_TWO = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
 LAUNCH_TWO += ["--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -28,6 +30,15 @@ def _run(command, env_extra=None):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The single-process run every launch below is compared with: the same script, seed and global batch of 4 each
+    time, so it runs once for the module."""
+    single = str(tmp_path_factory.mktemp("one") / "out.pt")
+    _run([sys.executable, SCRIPT, single, "4", "1"])
+    return torch.load(single)
 
 
 def _assert_same_training(one, two):
@@ -42,11 +53,10 @@ def _assert_same_training(one, two):
 
 
 @pytest.mark.multiprocess
-def test_two_processes_match_one_process(tmp_path):
-    single, double = str(tmp_path / "one" / "out.pt"), str(tmp_path / "two" / "out.pt")
-    _run([sys.executable, SCRIPT, single, "4", "1"])
+def test_two_processes_match_one_process(tmp_path, one_process):
+    double = str(tmp_path / "two" / "out.pt")
     _run([*LAUNCH_TWO, SCRIPT, double, "2", "2"])
-    one, two = torch.load(single), torch.load(double)
+    one, two = one_process, torch.load(double)
     assert (one["world_size"], two["world_size"]) == (1, 2)
     _assert_same_training(one, two)
 
@@ -71,12 +81,11 @@ LAUNCH_FSDP2 += ["LlamaDecoderLayer", "--fsdp_state_dict_type", "FULL_STATE_DICT
 LAUNCH_FSDP2 += ["true", "--fsdp_cpu_ram_efficient_loading", "false"]
 
 
-def _sharded_matches_one_process(tmp_path, launch, mode):
-    single, double = str(tmp_path / "one" / "out.pt"), str(tmp_path / "two" / "out.pt")
-    _run([sys.executable, SCRIPT, single, "4", "1"])
+def _sharded_matches_one_process(tmp_path, one, launch, mode):
+    double = str(tmp_path / "two" / "out.pt")
     # the launched script asserts world size 2, the intended strategy, and the teacher's placement "shard"
     _run([*launch, SHARDED_SCRIPT, mode, double], env_extra={"ACCELERATE_USE_CPU": "0"})
-    one, two = torch.load(single), torch.load(double)
+    two = torch.load(double)
     assert two["world_size"] == 2
     assert two["shares"]["teacher"] == pytest.approx(0.5, abs=0.02)  # half of the teacher's elements per rank
     assert two["shares"]["student"] == pytest.approx(0.5, abs=0.02)
@@ -84,8 +93,8 @@ def _sharded_matches_one_process(tmp_path, launch, mode):
 
 
 @pytest.mark.multiprocess
-def test_fsdp2_shards_student_and_teacher_and_matches_one_process(tmp_path):
-    _sharded_matches_one_process(tmp_path, LAUNCH_FSDP2, "fsdp2")
+def test_fsdp2_shards_student_and_teacher_and_matches_one_process(tmp_path, one_process):
+    _sharded_matches_one_process(tmp_path, one_process, LAUNCH_FSDP2, "fsdp2")
 
 
 LAUNCH_ZERO3 = [ACCELERATE, "launch", "--use_deepspeed", "--deepspeed_config_file", ZERO3_CONFIG]
@@ -95,9 +104,9 @@ LAUNCH_ZERO3 += ["--num_processes", "2", "--num_machines", "1", "--mixed_precisi
 @pytest.mark.multiprocess
 @pytest.mark.deepspeed
 @pytest.mark.parametrize("mode", ["zero3", "zero3_teacher_config"])
-def test_zero3_shards_student_and_teacher_and_matches_one_process(tmp_path, mode):
+def test_zero3_shards_student_and_teacher_and_matches_one_process(tmp_path, one_process, mode):
     pytest.importorskip("deepspeed", reason="the ZeRO-3 tier needs deepspeed (.ci/run installs it)")
-    _sharded_matches_one_process(tmp_path, LAUNCH_ZERO3, mode)
+    _sharded_matches_one_process(tmp_path, one_process, LAUNCH_ZERO3, mode)
 
 
 @pytest.mark.multiprocess

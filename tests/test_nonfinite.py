@@ -8,7 +8,7 @@ from datasets import Dataset
 from tiny_models import bert_sequence, collate, examples, llama
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.finite import NonFiniteLossError
+from hf_distill.training.finite import NonFiniteLossError
 
 
 def _poison(module, trainer_ref, from_step, value):
@@ -150,6 +150,7 @@ def test_finite_training_is_not_stopped(tmp_path):
     assert len(losses) == 6 and all(0 < loss < 100 for loss in losses)
 
 
+@pytest.mark.slow
 def test_overhead_benchmark_runs_and_prints_both_paths_side_by_side():
     import os
     import subprocess
@@ -205,7 +206,7 @@ def _sums(total=1.0, kd=1.0, ce=1.0):
     ids=["teacher", "student", "kd_term", "ce_term", "total"],
 )
 def test_the_error_names_what_produced_the_non_finite_value(sums, teacher, student, source):
-    from hf_distill.finite import FiniteCheck
+    from hf_distill.training.finite import FiniteCheck
 
     check = FiniteCheck(_OneProcess(), torch.nn.Linear(2, 2))
     model = torch.nn.Linear(1, 1).train()
@@ -218,7 +219,7 @@ def test_the_error_names_what_produced_the_non_finite_value(sums, teacher, stude
 
 
 def test_nan_only_where_no_loss_term_reads_does_not_stop_training():
-    from hf_distill.finite import FiniteCheck
+    from hf_distill.training.finite import FiniteCheck
 
     check = FiniteCheck(_OneProcess())
     model = torch.nn.Linear(1, 1).train()

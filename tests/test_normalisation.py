@@ -7,7 +7,7 @@ from datasets import Dataset
 from tiny_models import PARITY_ARGS, collate, examples, llama
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.losses import KDObjective, objective_sums
+from hf_distill.losses import KDObjective, Positions, objective_sums
 
 
 def _train(tmp_path, rows, batch, accumulation, **overrides):
@@ -53,7 +53,7 @@ def test_all_ignored_labels_give_zero_loss_and_zero_gradients(loss):
     teacher_logits = torch.randn(2, 5, 11)
     labels = torch.full((2, 5), -100)
     objective = KDObjective(kd_loss=loss, ce_weight=0.5)
-    sums = objective_sums(objective, student_logits, teacher_logits, labels, None, shift_labels=True)
+    sums = objective_sums(objective, student_logits, teacher_logits, Positions(labels, shift_labels=True))
     from hf_distill.losses import normalize_token_sum
 
     loss_value = normalize_token_sum(sums.total, sums.num_targets)

@@ -9,11 +9,11 @@ import yaml
 from tiny_models import save_tiny_teacher, tiny_recipe
 from transformers import AutoTokenizer
 
-from hf_distill.cli import main
-from hf_distill.lineage import Lineage
-from hf_distill.recipe import load_recipe
-from hf_distill.run import run_recipe
-from hf_distill.teacher_cache import CACHE_INFO_FILE, IDS, CacheInfo, load_teacher_cache
+from hf_distill.cli.main import main
+from hf_distill.cli.recipe import load_recipe
+from hf_distill.cli.train import run_recipe
+from hf_distill.hub.lineage import Lineage
+from hf_distill.offline.cache import CACHE_INFO_FILE, IDS, CacheInfo, load_teacher_cache
 
 
 @pytest.fixture
@@ -28,6 +28,7 @@ def _write(tmp_path, content, name="recipe.yaml"):
     return str(path)
 
 
+@pytest.mark.slow
 def test_cache_teacher_then_train_from_the_cache(tmp_path, tiny_teacher_folder, capsys):
     recipe = tiny_recipe(tmp_path, tiny_teacher_folder, max_steps=2, kd_temperature=2.0)
     cache_recipe = {k: v for k, v in recipe.items() if k not in ("student", "args")}

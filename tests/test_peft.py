@@ -12,22 +12,17 @@ from safetensors.torch import load_file
 from tiny_models import collate, examples, llama
 from transformers import AutoModelForCausalLM
 
-from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.lineage import LINEAGE_FILE, Lineage
+from hf_distill import DistillationTrainer
+from hf_distill.hub.lineage import LINEAGE_FILE, Lineage
 
 BLOCK = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _args(tmp_path, **kw):
-    defaults = {"report_to": [], "use_cpu": True, "disable_tqdm": True, "save_strategy": "no"}
-    return DistillationConfig(output_dir=str(tmp_path), **{**defaults, **kw})
-
-
-def _trainer(tmp_path, student, teacher, peft_config=None, rows=8, **kw):
+def _trainer(training_args, output_dir, student, teacher, peft_config=None, rows=8, **kw):
     return DistillationTrainer(
         model=student,
         teacher_model=teacher,
-        args=_args(tmp_path, **kw),
+        args=training_args(output_dir, **{"save_strategy": "no", **kw}),
         data_collator=collate,
         train_dataset=Dataset.from_list(examples("causal_lm", rows)),
         peft_config=peft_config,
@@ -65,13 +60,13 @@ ADAPTERS = {
 
 
 @pytest.mark.parametrize("kind", list(ADAPTERS))
-def test_only_the_adapter_trains(tmp_path, kind):
+def test_only_the_adapter_trains(tmp_path, kind, training_args):
     make_config, targets, r = ADAPTERS[kind]
     torch.manual_seed(0)
     base, teacher = llama(32, 1), llama(64, 2)
     frozen = {n: p.detach().clone() for n, p in base.named_parameters()}
     expected = None if targets is None else _lora_parameter_count(base, targets, r)
-    trainer = _trainer(tmp_path, base, teacher, make_config(), max_steps=2, learning_rate=1e-2)
+    trainer = _trainer(training_args, tmp_path, base, teacher, make_config(), max_steps=2, learning_rate=1e-2)
     trainable = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable and isinstance(trainer.model, PeftModel)
     assert all(("lora_" in n or "ia3_" in n) for n in trainable), sorted(trainable)
@@ -86,18 +81,18 @@ def test_only_the_adapter_trains(tmp_path, kind):
             assert torch.equal(value, frozen[original]), name
 
 
-def test_an_already_wrapped_student_works_and_peft_config_twice_is_refused(tmp_path):
+def test_an_already_wrapped_student_works_and_peft_config_twice_is_refused(tmp_path, training_args):
     student = get_peft_model(llama(32, 1), LoraConfig(r=2, target_modules=["q_proj"]))
-    trainer = _trainer(tmp_path, student, llama(64, 2), max_steps=1)
+    trainer = _trainer(training_args, tmp_path, student, llama(64, 2), max_steps=1)
     assert trainer.model is student
     trainer.train()
     with pytest.raises(ValueError, match="already a PeftModel.*not both"):
-        _trainer(tmp_path, student, llama(64, 2), LoraConfig(r=2, target_modules=["q_proj"]))
+        _trainer(training_args, tmp_path, student, llama(64, 2), LoraConfig(r=2, target_modules=["q_proj"]))
 
 
-def test_adapters_that_target_nothing_name_the_modules_there_are(tmp_path):
+def test_adapters_that_target_nothing_name_the_modules_there_are(tmp_path, training_args):
     with pytest.raises(ValueError, match=r"target_modules=\{'qkv'\} matches no module.*'q_proj'"):
-        _trainer(tmp_path, llama(32, 1), llama(64, 2), LoraConfig(r=2, target_modules=["qkv"]))
+        _trainer(training_args, tmp_path, llama(32, 1), llama(64, 2), LoraConfig(r=2, target_modules=["qkv"]))
 
 
 # ---- the head adapter through the chunked loss ----
@@ -123,13 +118,18 @@ HEAD_ADAPTERS = {
 
 
 @pytest.mark.parametrize("kind", list(HEAD_ADAPTERS))
-def test_head_adapters_go_through_the_chunked_loss_with_the_logits_path_gradients(tmp_path, kind):
+def test_head_adapters_go_through_the_chunked_loss_with_the_logits_path_gradients(tmp_path, kind, training_args):
     batch = collate(examples("causal_lm", 4))
     results = {}
     for chunk in (5, 0):
         torch.manual_seed(0)
         trainer = _trainer(
-            tmp_path / str(chunk), llama(32, 1), llama(64, 2), HEAD_ADAPTERS[kind](), kd_chunk_size=chunk
+            training_args,
+            tmp_path / str(chunk),
+            llama(32, 1),
+            llama(64, 2),
+            HEAD_ADAPTERS[kind](),
+            kd_chunk_size=chunk,
         )
         results[chunk] = _loss_and_grads(trainer, batch)
     (loss_c, grads_c, width_c), (loss_r, grads_r, width_r) = results[5], results[0]
@@ -142,21 +142,21 @@ def test_head_adapters_go_through_the_chunked_loss_with_the_logits_path_gradient
         torch.testing.assert_close(grads_c[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_dora_on_the_head_falls_back_to_the_logits_path(tmp_path):
+def test_dora_on_the_head_falls_back_to_the_logits_path(tmp_path, training_args):
     config = LoraConfig(r=2, target_modules=["lm_head"], use_dora=True)
-    trainer = _trainer(tmp_path, llama(32, 1), llama(64, 2), config)
+    trainer = _trainer(training_args, tmp_path, llama(32, 1), llama(64, 2), config)
     assert trainer._chunk_size == 0
     loss, grads, width = _loss_and_grads(trainer, collate(examples("causal_lm", 4)))
     assert width == 97 and torch.isfinite(loss) and any("lm_head" in n for n in grads)
 
 
-def test_a_peft_teacher_with_a_head_adapter_goes_through_the_chunked_loss(tmp_path):
+def test_a_peft_teacher_with_a_head_adapter_goes_through_the_chunked_loss(tmp_path, training_args):
     batch = collate(examples("causal_lm", 4))
     results = {}
     for chunk in (4, 0):
         torch.manual_seed(0)
         teacher = get_peft_model(llama(64, 2), LoraConfig(r=2, target_modules=["lm_head"], init_lora_weights=False))
-        trainer = _trainer(tmp_path / str(chunk), llama(32, 1), teacher, kd_chunk_size=chunk)
+        trainer = _trainer(training_args, tmp_path / str(chunk), llama(32, 1), teacher, kd_chunk_size=chunk)
         results[chunk] = _loss_and_grads(trainer, batch)
     assert (results[4][2], results[0][2]) == (0, 97)
     torch.testing.assert_close(results[4][0], results[0][0], rtol=1e-5, atol=1e-7)
@@ -167,18 +167,20 @@ def test_a_peft_teacher_with_a_head_adapter_goes_through_the_chunked_loss(tmp_pa
 # ---- saving: the adapter by default, a merged model on request; both reload to the training logits ----
 
 
-def _trained_lora_student(tmp_path, **kw):
+def _trained_lora_student(training_args, tmp_path, **kw):
     torch.manual_seed(0)
     llama(32, 1).save_pretrained(tmp_path / "base")
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")  # a base known by its folder, as in real use
     config = LoraConfig(r=2, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False)
-    trainer = _trainer(tmp_path / "out", base, llama(64, 2), config, max_steps=2, learning_rate=1e-2, **kw)
+    trainer = _trainer(
+        training_args, tmp_path / "out", base, llama(64, 2), config, max_steps=2, learning_rate=1e-2, **kw
+    )
     trainer.train()
     return trainer
 
 
-def test_saved_adapter_reloads_with_plain_peft_to_identical_logits(tmp_path):
-    trainer = _trained_lora_student(tmp_path)
+def test_saved_adapter_reloads_with_plain_peft_to_identical_logits(tmp_path, training_args):
+    trainer = _trained_lora_student(training_args, tmp_path)
     trainer.save_model(str(tmp_path / "saved"))
     files = set(os.listdir(tmp_path / "saved"))
     assert {"adapter_config.json", "adapter_model.safetensors", LINEAGE_FILE} <= files
@@ -190,8 +192,8 @@ def test_saved_adapter_reloads_with_plain_peft_to_identical_logits(tmp_path):
     torch.testing.assert_close(_logits(reloaded, batch), _logits(trainer.model, batch), rtol=0, atol=0)
 
 
-def test_merge_adapter_on_save_writes_a_full_model_equal_to_the_adapted_one(tmp_path):
-    trainer = _trained_lora_student(tmp_path, merge_adapter_on_save=True)
+def test_merge_adapter_on_save_writes_a_full_model_equal_to_the_adapted_one(tmp_path, training_args):
+    trainer = _trained_lora_student(training_args, tmp_path, merge_adapter_on_save=True)
     batch = collate(examples("causal_lm", 3))
     expected = _logits(trainer.model, batch)
     trainer.save_model(str(tmp_path / "merged"))
@@ -208,14 +210,14 @@ def test_merge_adapter_on_save_writes_a_full_model_equal_to_the_adapted_one(tmp_
 # ---- teachers: PEFT model, adapter folder, the student's own base ----
 
 
-def test_teacher_loaded_from_an_adapter_folder_is_base_plus_adapter(tmp_path):
+def test_teacher_loaded_from_an_adapter_folder_is_base_plus_adapter(tmp_path, training_args):
     torch.manual_seed(0)
     teacher_base = llama(64, 2)
     teacher_base.save_pretrained(tmp_path / "teacher_base")
     adapter = LoraConfig(r=2, target_modules=["q_proj", "lm_head"], init_lora_weights=False)
     teacher = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "teacher_base"), adapter)
     teacher.save_pretrained(tmp_path / "teacher_adapter")
-    trainer = _trainer(tmp_path / "out", llama(32, 1), str(tmp_path / "teacher_adapter"))
+    trainer = _trainer(training_args, tmp_path / "out", llama(32, 1), str(tmp_path / "teacher_adapter"))
     assert isinstance(trainer.teacher_model, PeftModel)
     assert not any(p.requires_grad for p in trainer.teacher_model.parameters())
     batch = collate(examples("causal_lm", 3))
@@ -227,13 +229,13 @@ def _storage(parameters):
     return {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in parameters}
 
 
-def test_shared_base_teacher_adds_no_weights_and_is_the_base_with_adapters_off(tmp_path):
+def test_shared_base_teacher_adds_no_weights_and_is_the_base_with_adapters_off(tmp_path, training_args):
     torch.manual_seed(0)
     base = llama(64, 2)
     reference = llama(64, 2)
     reference.load_state_dict(base.state_dict())
     config = LoraConfig(r=2, target_modules=["q_proj", "lm_head"], init_lora_weights=False)
-    trainer = _trainer(tmp_path, base, "base", config, max_steps=2, learning_rate=1e-2)
+    trainer = _trainer(training_args, tmp_path, base, "base", config, max_steps=2, learning_rate=1e-2)
     teacher = trainer.teacher_model
     assert list(teacher.parameters()) == []  # owns nothing
     student_storage = _storage(trainer.model.parameters())
@@ -252,28 +254,31 @@ def test_shared_base_teacher_adds_no_weights_and_is_the_base_with_adapters_off(t
     assert trainer.lineage().teacher["kind"] == "shared_base"
 
 
-def test_shared_base_with_a_fresh_adapter_starts_at_zero_divergence(tmp_path):
+def test_shared_base_with_a_fresh_adapter_starts_at_zero_divergence(tmp_path, training_args):
     # Default LoRA init (B = 0): the student *is* its base, so the KD loss of the first batch is exactly 0.
-    trainer = _trainer(tmp_path, llama(32, 1), "base", LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
+    trainer = _trainer(
+        training_args, tmp_path, llama(32, 1), "base", LoraConfig(r=2, target_modules=["q_proj", "lm_head"])
+    )
     loss, _, width = _loss_and_grads(trainer, collate(examples("causal_lm", 4)))
     assert width == 0 and abs(loss.item()) < 1e-6
 
 
-def test_shared_base_teacher_needs_a_peft_student(tmp_path):
+def test_shared_base_teacher_needs_a_peft_student(tmp_path, training_args):
     with pytest.raises(ValueError, match="teacher_model='base'.*not a PEFT adapter model"):
-        _trainer(tmp_path, llama(32, 1), "base")
+        _trainer(training_args, tmp_path, llama(32, 1), "base")
 
 
 # ---- training mechanics with a PEFT student ----
 
 
-def test_activation_checkpointing_gives_the_same_adapter_gradients(tmp_path):
+def test_activation_checkpointing_gives_the_same_adapter_gradients(tmp_path, training_args):
     batch = collate(examples("causal_lm", 4))
     grads = {}
     for checkpointing in (False, True):
         torch.manual_seed(0)
         config = LoraConfig(r=2, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False)
         trainer = _trainer(
+            training_args,
             tmp_path / str(checkpointing),
             llama(32, 2),
             llama(64, 2),
@@ -289,11 +294,12 @@ def test_activation_checkpointing_gives_the_same_adapter_gradients(tmp_path):
         torch.testing.assert_close(grads[True][name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_resume_from_checkpoint_continues_exactly_and_saves_no_teacher(tmp_path):
+def test_resume_from_checkpoint_continues_exactly_and_saves_no_teacher(tmp_path, training_args):
     def run(out, steps, resume=None):
         torch.manual_seed(0)
         config = LoraConfig(r=2, target_modules=["q_proj", "lm_head"], init_lora_weights=False)
         trainer = _trainer(
+            training_args,
             out,
             llama(32, 1),
             llama(64, 2),
@@ -335,8 +341,8 @@ def test_resume_from_checkpoint_continues_exactly_and_saves_no_teacher(tmp_path)
 # ---- lineage ----
 
 
-def test_lineage_knows_the_student_is_an_adapter_and_leaks_no_path(tmp_path):
-    trainer = _trained_lora_student(tmp_path)
+def test_lineage_knows_the_student_is_an_adapter_and_leaks_no_path(tmp_path, training_args):
+    trainer = _trained_lora_student(training_args, tmp_path)
     trainer.save_model(str(tmp_path / "saved"))
     record = Lineage.load(str(tmp_path / "saved"))
     adapter = record.student["adapter"]
@@ -360,7 +366,7 @@ needs_bitsandbytes_gpu = pytest.mark.skipif(
 
 
 @needs_bitsandbytes_gpu
-def test_qlora_student_trains_only_its_adapters(tmp_path):
+def test_qlora_student_trains_only_its_adapters(tmp_path, training_args):
     from transformers import BitsAndBytesConfig
 
     llama(64, 2).save_pretrained(tmp_path / "base")
@@ -368,7 +374,12 @@ def test_qlora_student_trains_only_its_adapters(tmp_path):
         tmp_path / "base", quantization_config=BitsAndBytesConfig(load_in_4bit=True), device_map={"": 0}
     )
     trainer = _trainer(
-        tmp_path / "out", quantized, llama(64, 2), LoraConfig(r=2, target_modules=["q_proj"]), max_steps=1
+        training_args,
+        tmp_path / "out",
+        quantized,
+        llama(64, 2),
+        LoraConfig(r=2, target_modules=["q_proj"]),
+        max_steps=1,
     )
     assert all("lora_" in n for n, p in trainer.model.named_parameters() if p.requires_grad)
     trainer.train()

@@ -9,13 +9,13 @@ from accelerate.utils import DistributedType
 from tiny_models import collate, examples, llama
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.placement import Placement, resolve_placement
+from hf_distill.teacher.placement import Placement, resolve_placement
 
 
-def _trainer(tmp_path, teacher, **kw):
+def _trainer(training_args, output_dir, teacher, **kw):
     torch.manual_seed(0)
     student = llama(32, 1)
-    args = DistillationConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, **kw)
+    args = training_args(output_dir, **kw)
     return DistillationTrainer(model=student, teacher_model=teacher, args=args, data_collator=collate)
 
 
@@ -68,24 +68,26 @@ def test_bad_placements_say_what_to_change(value, state, message):
 
 
 @pytest.mark.parametrize("placement", ["offload", "cpu"])
-def test_every_placement_gives_the_replicated_loss(tmp_path, placement):
+def test_every_placement_gives_the_replicated_loss(tmp_path, placement, training_args):
     torch.manual_seed(1)
     teacher = llama(64, 2)
-    reference = _loss(_trainer(tmp_path / "r", teacher, teacher_placement="replicate", kd_chunk_size=0))
-    trainer = _trainer(tmp_path / "p", teacher, teacher_placement=placement)
-    assert trainer._teacher_placement.kind == ("offload" if placement == "offload" else "devices")
+    reference = _loss(_trainer(training_args, tmp_path / "r", teacher, teacher_placement="replicate", kd_chunk_size=0))
+    trainer = _trainer(training_args, tmp_path / "p", teacher, teacher_placement=placement)
+    assert trainer.teacher_placement.kind == ("offload" if placement == "offload" else "devices")
     assert _loss(trainer) == pytest.approx(reference, rel=1e-6)
     if placement == "offload":  # weights live off the module, brought in by hooks for each forward
         assert trainer._chunk_size == 0 and hasattr(trainer.teacher_model, "_hf_hook")
 
 
-def test_teacher_dtype_defaults_to_the_students_and_can_be_set(tmp_path):
-    assert _trainer(tmp_path, llama(64, 2).to(torch.bfloat16)).teacher_model.dtype == torch.float32
-    assert _trainer(tmp_path, llama(64, 2), teacher_dtype="bfloat16").teacher_model.dtype == torch.bfloat16
+def test_teacher_dtype_defaults_to_the_students_and_can_be_set(tmp_path, training_args):
+    assert _trainer(training_args, tmp_path, llama(64, 2).to(torch.bfloat16)).teacher_model.dtype == torch.float32
+    assert (
+        _trainer(training_args, tmp_path, llama(64, 2), teacher_dtype="bfloat16").teacher_model.dtype == torch.bfloat16
+    )
     with pytest.raises(ValueError, match="teacher_dtype='int8'; use float32, bfloat16, float16"):
         DistillationConfig(output_dir=str(tmp_path), teacher_dtype="int8")
 
 
-def test_a_bad_device_is_refused_before_training(tmp_path):
+def test_a_bad_device_is_refused_before_training(tmp_path, training_args):
     with pytest.raises(ValueError, match="names cuda:1, but this machine has 0 CUDA"):
-        _trainer(tmp_path, llama(64, 2), teacher_placement="cuda:1")
+        _trainer(training_args, tmp_path, llama(64, 2), teacher_placement="cuda:1")

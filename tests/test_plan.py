@@ -9,17 +9,17 @@ from datasets import Dataset
 from peft import LoraConfig
 from tiny_models import collate, examples, llama
 
-import hf_distill.plan as plan_module
+import hf_distill.preflight as preflight
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.plan import PlanInputs, estimate
+from hf_distill.preflight import MemoryPlanInputs, estimate_memory_plan
 
 
 def _bytes(model):
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _trainer(tmp_path, student=None, teacher=None, **kw):
-    args = DistillationConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no", **kw)
+def _trainer(training_args, output_dir, student=None, teacher=None, **kw):
+    args = training_args(output_dir, save_strategy="no", **kw)
     return DistillationTrainer(
         model=student or llama(32, 1),
         teacher_model=teacher or llama(64, 2),
@@ -34,15 +34,15 @@ def _rows(plan):
     return dict(plan.rows)
 
 
-def test_weights_gradients_and_optimizer_state_are_counted_exactly(tmp_path):
-    trainer = _trainer(tmp_path, max_steps=1)
+def test_weights_gradients_and_optimizer_state_are_counted_exactly(tmp_path, training_args):
+    trainer = _trainer(training_args, tmp_path, max_steps=1)
     rows = _rows(trainer.memory_plan())
     student = _bytes(trainer.model)
     assert rows["student weights"] == student and rows["student gradients"] == student
     assert rows["optimizer state"] == 2 * student  # AdamW: two float32 moments per parameter
     assert rows["teacher weights (replicate)"] == _bytes(trainer.teacher_model)
     assert rows["loss tiles (chunked)"] > 0 and rows["activations (estimate)"] > 0
-    sgd = _rows(_trainer(tmp_path, optim="sgd").memory_plan())
+    sgd = _rows(_trainer(training_args, tmp_path, optim="sgd").memory_plan())
     assert sgd["optimizer state"] == 0
 
 
@@ -64,7 +64,7 @@ def test_an_adapter_student_counts_only_adapter_gradients_and_a_shared_base_teac
 
 def _inputs(placement, processes=2, sharded=True):
     torch.manual_seed(0)
-    return PlanInputs(
+    return MemoryPlanInputs(
         student=llama(32, 1),
         teacher=llama(64, 2),
         teacher_placement=placement,
@@ -83,7 +83,7 @@ def _inputs(placement, processes=2, sharded=True):
 def test_the_teacher_is_counted_as_its_placement_holds_it():
     full = _bytes(_inputs("replicate").teacher)
     by_placement = {
-        p: _rows(estimate(_inputs(p), "cpu", None))[f"teacher weights ({p})"]
+        p: _rows(estimate_memory_plan(_inputs(p), "cpu", None))[f"teacher weights ({p})"]
         for p in ("replicate", "shard", "offload")
     }
     largest = by_placement["offload"]  # one layer's weights at a time
@@ -93,18 +93,18 @@ def test_the_teacher_is_counted_as_its_placement_holds_it():
 
 
 def test_a_plan_that_does_not_fit_names_a_placement_that_would():
-    replicate = estimate(_inputs("replicate"), "cuda:0", None)
-    shard = estimate(_inputs("shard"), "cuda:0", None)
+    replicate = estimate_memory_plan(_inputs("replicate"), "cuda:0", None)
+    shard = estimate_memory_plan(_inputs("shard"), "cuda:0", None)
     capacity = (replicate.total + shard.total) // 2  # room for the sharded teacher, not the replicated one
-    plan = estimate(_inputs("replicate"), "cuda:0", capacity)
+    plan = estimate_memory_plan(_inputs("replicate"), "cuda:0", capacity)
     assert not plan.fits and "teacher_placement='shard'" in plan.suggestions
 
 
-def test_training_is_refused_before_it_starts_when_the_plan_cannot_fit(tmp_path, monkeypatch):
-    trainer = _trainer(tmp_path, max_steps=1, per_device_train_batch_size=8)
+def test_training_is_refused_before_it_starts_when_the_plan_cannot_fit(tmp_path, monkeypatch, training_args):
+    trainer = _trainer(training_args, tmp_path, max_steps=1, per_device_train_batch_size=8)
     plan = trainer.memory_plan()
     room = plan.total - plan.scalable + plan.scalable // 2  # half the batch's activations and tiles fit
-    monkeypatch.setattr(plan_module, "device_capacity", lambda device, processes=1: room)
+    monkeypatch.setattr(preflight, "device_capacity", lambda device, processes=1: room)
     with pytest.raises(ValueError, match="(?s)memory plan needs .* per process.*per_device_train_batch_size=4 "):
         trainer.train()
     assert trainer.state.global_step == 0
@@ -122,7 +122,7 @@ def test_cli_plan_prints_the_table_without_training(tmp_path, capsys):
     import yaml
     from tiny_models import save_tiny_teacher, tiny_recipe
 
-    from hf_distill.cli import main
+    from hf_distill.cli.main import main
 
     save_tiny_teacher(tmp_path / "teacher", tmp_path / "corpus.txt")
     path = tmp_path / "recipe.yaml"

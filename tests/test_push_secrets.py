@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from tiny_models import llama
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.push_secrets import _SCAN_BLOCK, PushRefusedError, check_no_secrets
+from hf_distill.hub.secrets import _SCAN_BLOCK, PushRefusedError, check_no_secrets
 
 LICENSE_TEXT = b"The teacher's license text.\n"
 MY_NOTICE = b"This student was made by me.\nCopyright me.\n"
@@ -56,6 +56,7 @@ def _nothing_pushed(hub, repo="me/student"):
     assert not [r for r in hub.requests if "/repos/create" in r[1] or "/preupload/" in r[1] or "/commit/" in r[1]]
 
 
+@pytest.mark.slow
 def test_the_users_notice_and_readme_are_never_written_and_are_merged_into_the_push(hub, tmp_path):
     trainer = _trained(hub, tmp_path, license_id="llama3.1", repo="me/Llama-student")
     output = tmp_path / "out"
@@ -158,7 +159,7 @@ def test_every_token_known_on_this_machine_is_searched(hub, tmp_path, monkeypatc
         ("args", "hf_args_token_0123456789"),
     ]:
         if name == "saved":
-            monkeypatch.setattr("hf_distill.push_secrets.get_token", lambda token=token: token)
+            monkeypatch.setattr("hf_distill.hub.secrets.get_token", lambda token=token: token)
         elif name == "args":
             monkeypatch.setattr(trainer.args, "hub_token", token)
         else:

@@ -58,6 +58,7 @@ def _commit_titles(repo_id):
     return [c.title for c in reversed(HfApi().list_repo_commits(repo_id))]  # the client lists newest first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "strategy, titles, checkpoint_files",
     [
@@ -97,6 +98,7 @@ def test_hub_strategies_with_push_to_hub_true(hub, tmp_path, strategy, titles, c
     assert trainer.push_to_hub(tags=["final"]).oid == head and len(hub.commits("me/student")) == len(titles)
 
 
+@pytest.mark.slow
 def test_save_model_with_push_to_hub_true_makes_one_commit(hub, tmp_path):
     _seed_teacher(hub, tmp_path)
     trainer = _trainer(tmp_path)
@@ -129,6 +131,7 @@ def test_a_license_refusal_stops_training_before_anything_is_created(hub, tmp_pa
     assert not hub.calls("POST", "/api/repos/create")
 
 
+@pytest.mark.slow
 def test_the_repository_gets_the_users_namespace_and_the_asked_visibility(hub, tmp_path):
     _seed_teacher(hub, tmp_path)
     from huggingface_hub import HfApi
@@ -175,7 +178,7 @@ def test_a_readme_license_is_checked_like_license_argument(hub, tmp_path):
 
 
 def test_a_license_copy_the_terms_need_is_checked_before_training_and_found_in_output_dir(hub, tmp_path):
-    from hf_distill.hub import PushRefusedError
+    from hf_distill.hub.push import PushRefusedError
 
     _seed_teacher(hub, tmp_path, license_id="llama3.1")  # no LICENSE file in the teacher's repo
     trainer = _trainer(

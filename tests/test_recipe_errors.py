@@ -10,8 +10,8 @@ from tiny_models import save_tiny_teacher, tiny_recipe
 from transformers import AutoTokenizer, PreTrainedModel
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
-from hf_distill.cli import main
-from hf_distill.recipe import RecipeError, load_recipe
+from hf_distill.cli.main import main
+from hf_distill.cli.recipe import RecipeError, load_recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -189,6 +189,7 @@ def test_yaml_strings_of_numbers_and_booleans_read_as_on_the_command_line(tmp_pa
     assert (args.learning_rate, args.kd_temperature_scaling, args.max_steps) == (1e-4, False, 3)
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_in_one_stderr_line_without_traceback_in_a_subprocess(tmp_path, teacher):
     path = _write(tmp_path, _patched(tiny_recipe(tmp_path, teacher), "args", learning_rate="fast"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO}

@@ -12,7 +12,7 @@ from tiny_models import llama
 from transformers import TrainerCallback
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.checkpoints import checkpoint_problem
+from hf_distill.training.checkpoints import checkpoint_problem
 
 
 class _Steps(TrainerCallback):
@@ -89,6 +89,7 @@ CORRUPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
 def test_an_incomplete_newest_checkpoint_is_skipped_with_a_warning(trained, tmp_path, corruption):
     out = tmp_path / "out"

@@ -155,6 +155,7 @@ def _t5_folders(root: Path) -> None:
                 f.write(json.dumps({"text": text, "summary": " ".join(text.split()[:3])}) + "\n")
 
 
+@pytest.mark.slow
 def test_run_summarization_shape_with_t5_generates_with_the_flags(tmp_path):
     """The user-shaped script (tests/user_scripts/distill_summarization.py) as a subprocess, with a T5 student."""
     _t5_folders(tmp_path)

@@ -7,6 +7,8 @@ from hf_distill.losses import (
     DIVERGENCES,
     TAIL_MODES,
     KDObjective,
+    Positions,
+    TopK,
     objective_sums,
     per_token_divergence,
     sparse_log_probs,
@@ -86,10 +88,11 @@ def test_objective_sums_match_dense_with_padding(loss, tail, causal):
     objective = _objective(loss, temperature, kd_weight=0.6, ce_weight=0.4)
 
     sparse_in = student.clone().requires_grad_()
-    got = sparse_objective_sums(objective, sparse_in, ids, logprobs, teacher_tail, labels, None, causal, tail=tail)
+    positions = Positions(labels, shift_labels=causal)
+    got = sparse_objective_sums(objective, sparse_in, TopK(ids, logprobs, teacher_tail, tail), positions)
     got.total.backward()
     dense_in = student.clone().requires_grad_()
-    want = objective_sums(objective, dense_in, teacher, labels, None, causal)
+    want = objective_sums(objective, dense_in, teacher, positions)
     want.total.backward()
 
     torch.testing.assert_close(got.total.detach(), want.total.detach(), rtol=1e-5, atol=1e-6)
@@ -316,5 +319,8 @@ def test_positions_that_differ_are_refused_naming_both_shapes():
     ids, logprobs = torch.zeros(2, 5, 3, dtype=torch.long), torch.full((2, 5, 3), -1.0)
     with pytest.raises(ValueError, match=r"\(2, 6, 10\).*\(2, 5, 3\)"):
         sparse_objective_sums(
-            _objective("forward_kl", 1.0), torch.randn(2, 6, 10), ids, logprobs, None, None, None, True
+            _objective("forward_kl", 1.0),
+            torch.randn(2, 6, 10),
+            TopK(ids, logprobs, None),
+            Positions(shift_labels=True),
         )

@@ -6,7 +6,7 @@ from tiny_models import bert_sequence, llama
 from tokenizers import Tokenizer, models
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from hf_distill import DistillationConfig, DistillationTrainer
+from hf_distill import DistillationTrainer
 
 
 @pytest.fixture
@@ -20,11 +20,7 @@ def teacher_folder(tmp_path):
     return str(tmp_path / "teacher"), tokenizer
 
 
-def _args(tmp_path, **kw):
-    return DistillationConfig(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, **kw)
-
-
-def test_teacher_by_path_gets_the_students_head_and_dtype(tmp_path, teacher_folder, monkeypatch):
+def test_teacher_by_path_gets_the_students_head_and_dtype(teacher_folder, monkeypatch, training_args):
     path, tokenizer = teacher_folder
     calls = []
     original = AutoModelForCausalLM.from_pretrained
@@ -35,7 +31,7 @@ def test_teacher_by_path_gets_the_students_head_and_dtype(tmp_path, teacher_fold
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
     student = llama(32, 1).to(torch.bfloat16)
-    trainer = DistillationTrainer(model=student, teacher_model=path, args=_args(tmp_path), processing_class=tokenizer)
+    trainer = DistillationTrainer(model=student, teacher_model=path, args=training_args(), processing_class=tokenizer)
     teacher = trainer.teacher_model
     assert type(teacher).__name__ == "LlamaForCausalLM" and teacher.dtype == torch.bfloat16
     assert calls == [
@@ -44,30 +40,30 @@ def test_teacher_by_path_gets_the_students_head_and_dtype(tmp_path, teacher_fold
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
 
-def test_teacher_from_config_field(tmp_path, teacher_folder):
+def test_teacher_from_config_field(teacher_folder, training_args):
     path, _ = teacher_folder
-    trainer = DistillationTrainer(model=llama(32, 1), args=_args(tmp_path, teacher_model_name_or_path=path))
+    trainer = DistillationTrainer(model=llama(32, 1), args=training_args(teacher_model_name_or_path=path))
     assert trainer.teacher_model.config.num_hidden_layers == 2
 
 
-def test_teacher_tokenizer_is_read_from_its_folder_and_checked(tmp_path, teacher_folder):
+def test_teacher_tokenizer_is_read_from_its_folder_and_checked(teacher_folder, training_args):
     path, _ = teacher_folder
     other_words = ["<unk>"] + [f"v{i}" for i in range(1, 97)]
     other = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(models.WordLevel({w: i for i, w in enumerate(other_words)}, unk_token="<unk>"))
     )
     with pytest.raises(ValueError, match="token id 1 is 'v1' for the student but 'w1' for the teacher"):
-        DistillationTrainer(model=llama(32, 1), teacher_model=path, args=_args(tmp_path), processing_class=other)
+        DistillationTrainer(model=llama(32, 1), teacher_model=path, args=training_args(), processing_class=other)
 
 
-def test_teacher_by_name_needs_a_transformers_student(tmp_path, teacher_folder):
+def test_teacher_by_name_needs_a_transformers_student(teacher_folder, training_args):
     from tiny_models import PlainClassifier
 
     with pytest.raises(ValueError, match="PlainClassifier\\) has no head that maps to an Auto class"):
-        DistillationTrainer(model=PlainClassifier(), teacher_model=teacher_folder[0], args=_args(tmp_path))
+        DistillationTrainer(model=PlainClassifier(), teacher_model=teacher_folder[0], args=training_args())
 
 
-def test_teacher_is_not_the_student(tmp_path):
+def test_teacher_is_not_the_student(training_args):
     student = bert_sequence()
     with pytest.raises(ValueError, match="teacher_model is the student itself"):
-        DistillationTrainer(model=student, teacher_model=student, args=_args(tmp_path))
+        DistillationTrainer(model=student, teacher_model=student, args=training_args())

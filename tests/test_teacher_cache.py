@@ -10,10 +10,10 @@ import torch
 from datasets import Dataset
 from tiny_models import PARITY_ARGS, VOCAB, llama
 
-import hf_distill.cache_writer as cache_writer
-from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.cache_writer import cache_teacher
-from hf_distill.teacher_cache import CACHE_INFO_FILE, IDS, LOGPROBS, TAIL, CacheInfo, load_teacher_cache
+import hf_distill.offline.writer as cache_writer
+from hf_distill import DistillationTrainer
+from hf_distill.offline.cache import CACHE_INFO_FILE, IDS, LOGPROBS, TAIL, CacheInfo, load_teacher_cache
+from hf_distill.offline.writer import cache_teacher
 
 
 def _data(n=6, length=8, seed=0):
@@ -47,9 +47,8 @@ def teacher():
     return llama(32, 2)
 
 
-def _args(tmp_path, **kwargs):
-    base = {**PARITY_ARGS, "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 2, "use_cpu": True}
-    return DistillationConfig(**{**base, "preflight": "off", **kwargs})
+# What these runs set beyond the `training_args` fixture's defaults.
+RUN = {**PARITY_ARGS, "per_device_train_batch_size": 2, "preflight": "off"}
 
 
 def test_cache_holds_the_teachers_top_k_at_each_examples_own_length(tmp_path, teacher):
@@ -77,18 +76,18 @@ def test_cache_holds_the_teachers_top_k_at_each_examples_own_length(tmp_path, te
         torch.testing.assert_close(torch.tensor(row[TAIL]), 1 - top.exp().sum(-1), rtol=1e-5, atol=1e-6)
 
 
-def test_training_from_a_full_cache_equals_online_distillation(tmp_path, teacher):
+def test_training_from_a_full_cache_equals_online_distillation(tmp_path, teacher, training_args):
     # k = V with float32 log-probs and no tail: the sparse objective is the dense one, step for step.
     data = _data()
     cache_teacher(teacher, data, str(tmp_path / "cache"), k=VOCAB, logprob_dtype="float32", progress=False)
     torch.manual_seed(0)
     online = DistillationTrainer(
-        model=llama(32, 1), teacher_model=teacher, args=_args(tmp_path, kd_chunk_size=0), train_dataset=data
+        model=llama(32, 1), teacher_model=teacher, args=training_args(**RUN, kd_chunk_size=0), train_dataset=data
     )
     online.train()
     torch.manual_seed(0)
     offline = DistillationTrainer(
-        model=llama(32, 1), teacher_cache=str(tmp_path / "cache"), args=_args(tmp_path / "b")
+        model=llama(32, 1), teacher_cache=str(tmp_path / "cache"), args=training_args(tmp_path / "b", **RUN)
     )
     offline.train()
     assert offline.teacher_placement.kind == "cache" and not list(offline.teacher_model.parameters())
@@ -98,11 +97,11 @@ def test_training_from_a_full_cache_equals_online_distillation(tmp_path, teacher
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_ragged_rows_train_with_padding_and_the_student_lineage_names_the_cache(tmp_path, teacher):
+def test_ragged_rows_train_with_padding_and_the_student_lineage_names_the_cache(tmp_path, teacher, training_args):
     folder = str(tmp_path / "my-cache")
     cache_teacher(teacher, _ragged(), folder, k=4, collator=_pad, progress=False)
     trainer = DistillationTrainer(
-        model=llama(32, 1), teacher_cache=folder, args=_args(tmp_path, ce_weight=0.5), data_collator=_pad
+        model=llama(32, 1), teacher_cache=folder, args=training_args(**RUN, ce_weight=0.5), data_collator=_pad
     )
     trainer.train()
     assert all(torch.isfinite(torch.tensor(log["loss"])) for log in trainer.state.log_history if "loss" in log)
@@ -140,7 +139,7 @@ def test_interrupted_cache_resumes_without_recomputing_finished_shards(tmp_path,
 
 
 @pytest.mark.parametrize("damage", ["bytes changed", "shard deleted", "rows dropped"])
-def test_a_damaged_shard_is_detected_never_skipped(tmp_path, teacher, damage):
+def test_a_damaged_shard_is_detected_never_skipped(tmp_path, teacher, damage, training_args):
     folder = str(tmp_path / "cache")
     cache_teacher(teacher, _data(), folder, k=3, shard_size=3, progress=False)
     shard = os.path.join(folder, "shard-00001.parquet")
@@ -155,13 +154,13 @@ def test_a_damaged_shard_is_detected_never_skipped(tmp_path, teacher, damage):
     else:  # a consistent file (its hash recorded) that lost rows: the row count catches it
         pq.write_table(pq.read_table(shard).slice(0, 2), shard)
         manifest = json.load(open(os.path.join(folder, CACHE_INFO_FILE)))
-        from hf_distill.teacher_cache import file_sha256
+        from hf_distill.offline.cache import file_sha256
 
         manifest["shards"][1]["sha256"] = file_sha256(shard)
         json.dump(manifest, open(os.path.join(folder, CACHE_INFO_FILE), "w"))
         expected = "shard-00001.parquet holds 2 rows; 3 were written"
     with pytest.raises((ValueError, FileNotFoundError), match=expected):
-        DistillationTrainer(model=llama(32, 1), teacher_cache=folder, args=_args(tmp_path))
+        DistillationTrainer(model=llama(32, 1), teacher_cache=folder, args=training_args(**RUN))
 
 
 def test_storage_per_token_shrinks_with_the_logprob_dtype(tmp_path, teacher):
@@ -177,7 +176,7 @@ def test_storage_per_token_shrinks_with_the_logprob_dtype(tmp_path, teacher):
     torch.testing.assert_close(decoded.clamp_min(-12.75), torch.tensor(exact).clamp_min(-12.75), rtol=0, atol=0.026)
 
 
-def test_mismatched_caches_are_refused_naming_the_field(tmp_path, teacher):
+def test_mismatched_caches_are_refused_naming_the_field(tmp_path, teacher, training_args):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
@@ -190,7 +189,9 @@ def test_mismatched_caches_are_refused_naming_the_field(tmp_path, teacher):
 
     def build(**kwargs):
         args = {k: kwargs.pop(k) for k in ("kd_temperature", "teacher_model_name_or_path") if k in kwargs}
-        return DistillationTrainer(model=llama(32, 1), teacher_cache=folder, args=_args(tmp_path, **args), **kwargs)
+        return DistillationTrainer(
+            model=llama(32, 1), teacher_cache=folder, args=training_args(**RUN, **args), **kwargs
+        )
 
     build(processing_class=tokenizer(0), train_dataset=data)  # the same tokenizer and dataset: accepted
     with pytest.raises(ValueError, match="tokenizer_sha256 differs"):
@@ -211,7 +212,7 @@ def test_mismatched_caches_are_refused_naming_the_field(tmp_path, teacher):
     with pytest.raises(ValueError, match="teacher.weights_sha256 '[0-9a-f]{64}' differs from the expected"):
         build(teacher_model_name_or_path=str(tmp_path / "b" / "teacher"))
     with pytest.raises(ValueError, match="teacher_model or teacher_cache, not both"):
-        DistillationTrainer(model=llama(32, 1), teacher_model=teacher, teacher_cache=folder, args=_args(tmp_path))
+        DistillationTrainer(model=llama(32, 1), teacher_model=teacher, teacher_cache=folder, args=training_args(**RUN))
 
 
 def test_bad_cache_requests(tmp_path, teacher):
@@ -225,10 +226,10 @@ def test_bad_cache_requests(tmp_path, teacher):
         load_teacher_cache(str(tmp_path))
 
 
-def test_evaluating_on_rows_without_the_cache_columns_says_what_to_do(tmp_path, teacher):
+def test_evaluating_on_rows_without_the_cache_columns_says_what_to_do(tmp_path, teacher, training_args):
     cache_teacher(teacher, _data(), str(tmp_path / "cache"), k=3, progress=False)
     trainer = DistillationTrainer(
-        model=llama(32, 1), teacher_cache=str(tmp_path / "cache"), args=_args(tmp_path), eval_dataset=_data(2)
+        model=llama(32, 1), teacher_cache=str(tmp_path / "cache"), args=training_args(**RUN), eval_dataset=_data(2)
     )
     with pytest.raises(ValueError, match="every dataset \\(eval_dataset too\\) must be rows of a cache"):
         trainer.evaluate()
@@ -241,7 +242,7 @@ def test_evaluating_on_rows_without_the_cache_columns_says_what_to_do(tmp_path, 
 @pytest.mark.parametrize("chunk", [3, 16])
 def test_chunked_sparse_loss_equals_the_logits_path(tail, chunk):
     # From hidden states and the head, a chunk at a time: the same sums and gradients as from the full logits.
-    from hf_distill.losses import KDObjective
+    from hf_distill.losses import HeadInput, KDObjective, Positions, TopK
     from hf_distill.losses.chunked import LinearHead, chunked_sparse_objective_sums
     from hf_distill.losses.sparse import sparse_objective_sums
 
@@ -254,10 +255,10 @@ def test_chunked_sparse_loss_equals_the_logits_path(tail, chunk):
     labels = torch.randint(0, VOCAB, (2, 7), generator=g)
     labels[0, :2] = -100
     objective = KDObjective(kd_loss="jsd", kd_temperature=2.0, ce_weight=0.3)
-    args = (ids, logprobs, tail_mass, labels, None, True)
-    dense = sparse_objective_sums(objective, hidden @ weight.t(), *args, tail=tail)
+    top_k, positions = TopK(ids, logprobs, tail_mass, tail), Positions(labels, shift_labels=True)
+    dense = sparse_objective_sums(objective, hidden @ weight.t(), top_k, positions)
     dense_grads = torch.autograd.grad(dense.total, (hidden, weight))
-    chunked = chunked_sparse_objective_sums(objective, hidden, LinearHead(weight), *args, chunk_size=chunk, tail=tail)
+    chunked = chunked_sparse_objective_sums(objective, HeadInput(hidden, LinearHead(weight)), top_k, positions, chunk)
     chunked_grads = torch.autograd.grad(chunked.total, (hidden, weight))
     for name in ("total", "kd", "ce", "num_targets", "agreement"):
         torch.testing.assert_close(
@@ -267,15 +268,17 @@ def test_chunked_sparse_loss_equals_the_logits_path(tail, chunk):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_cache_training_never_builds_the_students_logits(tmp_path, teacher, monkeypatch):
-    import hf_distill.cached_loss as cached_loss
+def test_cache_training_never_builds_the_students_logits(tmp_path, teacher, monkeypatch, training_args):
+    import hf_distill.losses.distillation as cached_loss
 
     cache_teacher(teacher, _data(), str(tmp_path / "cache"), k=4, progress=False)
     used = []
     original = cached_loss.chunked_sparse_objective_sums
     monkeypatch.setattr(
-        cached_loss, "chunked_sparse_objective_sums", lambda *a, **k: (used.append(a[1].shape), original(*a, **k))[1]
+        cached_loss,
+        "chunked_sparse_objective_sums",
+        lambda *a, **k: (used.append(a[1].hidden.shape), original(*a, **k))[1],
     )
-    trainer = DistillationTrainer(model=llama(32, 1), teacher_cache=str(tmp_path / "cache"), args=_args(tmp_path))
+    trainer = DistillationTrainer(model=llama(32, 1), teacher_cache=str(tmp_path / "cache"), args=training_args(**RUN))
     trainer.train()
     assert trainer.kd_chunk_size > 0 and used and all(shape[-1] == 32 for shape in used)  # hidden states, not logits

@@ -23,25 +23,19 @@ def _numel(shape):
     return n
 
 
-def _args(tmp_path, **overrides):
-    base = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        max_steps=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=2,
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        kd_temperature=2.0,
-        ce_weight=0.5,
-        kd_weight=0.7,
-    )
-    base.update(overrides)
-    return DistillationConfig(**base)
+# What these runs set beyond the `training_args` fixture's defaults (they write into tmp_path itself).
+RUN = dict(
+    per_device_train_batch_size=4,
+    per_device_eval_batch_size=4,
+    max_steps=2,
+    learning_rate=1e-2,
+    logging_steps=1,
+    save_strategy="steps",
+    save_steps=2,
+    kd_temperature=2.0,
+    ce_weight=0.5,
+    kd_weight=0.7,
+)
 
 
 def _forward(model, batch, task):
@@ -65,14 +59,14 @@ def naive_objective(student, teacher, batch, task, temperature, kd_weight, ce_we
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-def test_task_loss_equals_naive_reference_and_teacher_stays_frozen(task, tmp_path):
+def test_task_loss_equals_naive_reference_and_teacher_stays_frozen(task, tmp_path, training_args):
     make_student, make_teacher = TASKS[task]
     student, teacher = make_student(), make_teacher()
     rows = examples(task, 8)
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
-        args=_args(tmp_path),
+        args=training_args(tmp_path, **RUN),
         train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(rows[:4]),
         data_collator=collate,
@@ -115,7 +109,7 @@ def test_task_loss_equals_naive_reference_and_teacher_stays_frozen(task, tmp_pat
     assert 0.0 <= metrics["eval_agreement"] <= 1.0
 
 
-def test_compute_metrics_receives_student_logits_and_labels(tmp_path):
+def test_compute_metrics_receives_student_logits_and_labels(tmp_path, training_args):
     make_student, make_teacher = TASKS["sequence_classification"]
     student, teacher = make_student(), make_teacher()
     rows = examples("sequence_classification", 8)
@@ -128,7 +122,7 @@ def test_compute_metrics_receives_student_logits_and_labels(tmp_path):
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
-        args=_args(tmp_path),
+        args=training_args(tmp_path, **RUN),
         eval_dataset=Dataset.from_list(rows),
         data_collator=collate,
         compute_metrics=compute_metrics,
@@ -165,14 +159,14 @@ def test_distillation_config_changes_no_upstream_default(tmp_path):
     assert {k: v for k, v in ours.to_dict().items() if k in upstream_fields} == upstream_fields
 
 
-def test_batches_without_labels_train_on_kd_alone(tmp_path):
+def test_batches_without_labels_train_on_kd_alone(tmp_path, training_args):
     make_student, make_teacher = TASKS["causal_lm"]
     student, teacher = make_student(), make_teacher()
     rows = [{k: v for k, v in r.items() if k != "labels"} for r in examples("causal_lm", 8)]
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
-        args=_args(tmp_path, ce_weight=0.0, kd_weight=1.0, save_strategy="no"),
+        args=training_args(tmp_path, **{**RUN, "ce_weight": 0.0, "kd_weight": 1.0, "save_strategy": "no"}),
         train_dataset=Dataset.from_list(rows),
         data_collator=collate,
     )
@@ -198,12 +192,12 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_objective_is_logged_once_in_one_line_at_train_start(tmp_path):
+def test_objective_is_logged_once_in_one_line_at_train_start(tmp_path, training_args):
     make_student, make_teacher = TASKS["causal_lm"]
     trainer = DistillationTrainer(
         model=make_student(),
         teacher_model=make_teacher(),
-        args=_args(tmp_path, save_strategy="no", kd_loss="jsd", jsd_beta=0.25),
+        args=training_args(tmp_path, **{**RUN, "save_strategy": "no"}, kd_loss="jsd", jsd_beta=0.25),
         train_dataset=Dataset.from_list(examples("causal_lm", 8)),
         data_collator=collate,
     )

@@ -27,6 +27,8 @@ SCRIPTS = Path(__file__).parent / "user_scripts"
 REPO = Path(__file__).parent.parent
 COMMON = ["--report_to", "none", "--use_cpu", "--disable_tqdm", "true", "--seed", "0"]
 
+pytestmark = pytest.mark.slow  # every test runs a script in a fresh Python process
+
 
 def run_script(name: str, args: list[str], cwd: Path, expect_ok: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}

@@ -67,7 +67,8 @@ def reference_divergence(
 def check_correctness(ctx: Context, section: Section) -> None:
     from hf_distill.losses import DIVERGENCES as REGISTERED
     from hf_distill.losses import KDObjective, per_token_divergence
-    from hf_distill.losses.chunked import LinearHead, chunked_objective_sums
+    from hf_distill.losses.chunked import HeadInput, LinearHead, chunked_objective_sums
+    from hf_distill.losses.reduction import Positions
 
     missing = sorted(set(REGISTERED) - set(DIVERGENCES))
     if missing:  # a new divergence must get a reference here rather than pass unchecked
@@ -116,9 +117,8 @@ def check_correctness(ctx: Context, section: Section) -> None:
             objective = KDObjective(
                 kd_loss=loss, kd_temperature=temperature, kd_temperature_scaling=False, jsd_beta=beta, skew_alpha=skew
             )
-            sums = chunked_objective_sums(
-                objective, h_s[None], LinearHead(w_s), h_t[None], LinearHead(w_t), None, None, False, chunk
-            )
+            student, teacher = HeadInput(h_s[None], LinearHead(w_s)), HeadInput(h_t[None], LinearHead(w_t))
+            sums = chunked_objective_sums(objective, student, teacher, Positions(), chunk)
             sums.total.backward()
             # The logits path on the same inputs: in bf16 its head output is rounded too, which is the fair yardstick
             # for a divergence whose gradient is not smooth (tvd's sign flips where p_t ≈ p_s).
@@ -312,9 +312,9 @@ def check_loss_kernels(ctx: Context, section: Section) -> None:
     rows, table = [], []
     generator = torch.Generator(ctx.device).manual_seed(0)
     for n, vocab in shapes:
-        auto_chunk = 1 << max(5, (2**24 // vocab).bit_length() - 1)  # the trainer's rule (hf_distill.lm_head)
+        auto_chunk = 1 << max(5, (2**24 // vocab).bit_length() - 1)  # the trainer's rule (hf_distill.modeling.lm_head)
         with contextlib.suppress(Exception):  # ask the trainer's own function, when this tree still has it
-            from hf_distill.lm_head import chunk_size_for
+            from hf_distill.modeling.lm_head import chunk_size_for
 
             probe = torch.nn.Linear(1, vocab, bias=False, device="meta")
             auto_chunk = chunk_size_for(_Head(probe), _Head(probe), None)

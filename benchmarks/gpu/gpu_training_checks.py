@@ -207,8 +207,8 @@ def quickstart_overrides(ctx: Context) -> tuple[list[str], str]:
 
 
 def check_memory_plan(ctx: Context, section: Section) -> None:
-    from hf_distill.recipe import load_recipe, parse_overrides
-    from hf_distill.run import build_trainer, load_recipe_parts
+    from hf_distill.cli.recipe import load_recipe, parse_overrides
+    from hf_distill.cli.train import build_trainer, load_recipe_parts
 
     overrides, note = quickstart_overrides(ctx)
     steps = "1" if ctx.dry_run else "3"
@@ -384,7 +384,7 @@ def _weights_device(model: torch.nn.Module) -> str:
 
 
 def check_quickstart(ctx: Context, section: Section) -> None:
-    from hf_distill.cli import main as cli_main
+    from hf_distill.cli.main import main as cli_main
 
     overrides, note = quickstart_overrides(ctx)
     out = os.path.join(ctx.scratch, "quickstart-student")

@@ -63,7 +63,7 @@ def _smollm2(dest: str) -> None:
     """Config and tokenizer of the packaged SmolLM2 (no weights), saved as a plain checkpoint folder would hold them."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from hf_distill.assets import packaged_model_dir
+    from hf_distill._packaged import packaged_model_dir
 
     folder = packaged_model_dir("smollm2-135m-instruct")
     gguf_file = next(f for f in sorted(os.listdir(folder)) if f.endswith(".gguf"))
@@ -71,7 +71,7 @@ def _smollm2(dest: str) -> None:
     drop = ("quantization_config", "_name_or_path", "_model_name_or_path")
     config = type(config).from_dict({k: v for k, v in config.to_dict().items() if k not in drop})
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    tokenizer.model_max_length = config.max_position_embeddings  # as hf_distill.assets does for the teacher
+    tokenizer.model_max_length = config.max_position_embeddings  # as hf_distill._packaged does for the teacher
     config.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             _download(f"{dist}=={version}", wheels)
         if args.liger != "none":
             _download(f"liger-kernel=={args.liger}", wheels)
-    from hf_distill.assets import packaged_text_path
+    from hf_distill._packaged import packaged_text_path
 
     shutil.copy(packaged_text_path("hamlet"), os.path.join(args.dest, "hamlet.txt"))
     _smollm2(os.path.join(args.dest, "smollm2"))

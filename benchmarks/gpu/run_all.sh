@@ -30,7 +30,7 @@ if compgen -G "$CARRY/wheels/*.whl" > /dev/null; then
   fi
 fi
 # hf_distill itself, built from this tree, unless this Python already has it: installed, its card templates (a
-# package mapped from model_card_templates/) import as they do for users.
+# package, templates included) import as they do for users.
 if ! (cd / && "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('hf_distill') is None)"); then
   "${PIP[@]}" --no-build-isolation . \
     || echo "run_all.sh: could not install hf_distill from this tree; gpu_check.py uses the source tree (no card templates)" >&2

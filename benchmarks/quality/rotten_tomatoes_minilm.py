@@ -40,8 +40,8 @@ from transformers import (
 )
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.assets import packaged_text_path, resolve_packaged_model
-from hf_distill.student_init import student_from_teacher_layers
+from hf_distill._packaged import packaged_text_path, resolve_packaged_model
+from hf_distill.modeling.student_init import student_from_teacher_layers
 from hf_distill.task_metrics import accuracy_metrics
 
 

@@ -29,11 +29,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.assets import resolve_packaged_model
-from hf_distill.data import causal_lm_datasets
+from hf_distill._packaged import resolve_packaged_model
+from hf_distill.cli.data import causal_lm_datasets
+from hf_distill.cli.recipe import DataSpec
+from hf_distill.modeling.student_init import student_from_teacher_layers
 from hf_distill.provenance import record_source, source_of
-from hf_distill.recipe import DataSpec
-from hf_distill.student_init import student_from_teacher_layers
 from hf_distill.task_metrics import label_log_probs, perplexity_metrics
 
 LAYERS = [0, 6, 12, 18, 24, 29]

@@ -1,17 +1,26 @@
 """Pure loss functions: torch in, torch out. Nothing here knows about models, trainers or configs."""
 
-from .composite import KDObjective, ObjectiveSums, objective_sums
+from .chunked import HeadInput, LinearHead, chunked_objective_sums, chunked_sparse_objective_sums
+from .distillation import distillation_sums
 from .divergences import DIVERGENCES, per_token_divergence
-from .reduction import IGNORE_INDEX, count_targets, normalize_token_sum, select_targets
-from .sparse import TAIL_MODES, sparse_log_probs, sparse_objective_sums, sparse_row_sums
+from .objective import KDObjective, ObjectiveSums, objective_sums
+from .reduction import IGNORE_INDEX, Positions, count_targets, normalize_token_sum, select_targets
+from .sparse import TAIL_MODES, TopK, sparse_log_probs, sparse_objective_sums, sparse_row_sums
 
 __all__ = [
     "DIVERGENCES",
     "IGNORE_INDEX",
+    "HeadInput",
     "KDObjective",
+    "LinearHead",
     "ObjectiveSums",
+    "Positions",
     "TAIL_MODES",
+    "TopK",
+    "chunked_objective_sums",
+    "chunked_sparse_objective_sums",
     "count_targets",
+    "distillation_sums",
     "normalize_token_sum",
     "objective_sums",
     "per_token_divergence",

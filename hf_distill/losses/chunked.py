@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .composite import KDObjective, ObjectiveSums, check_labels, check_vocab, gather_rows, row_sums_and_grad
-from .sparse import gather_sparse_rows, sparse_row_sums_and_grad
+from .objective import KDObjective, ObjectiveSums, check_labels, check_vocab, gather_rows, row_sums_and_grad
+from .reduction import Positions
+from .sparse import TopK, gather_sparse_rows, sparse_row_sums_and_grad
 
 
 @dataclass
@@ -26,7 +27,7 @@ class LinearHead:
 
     `logits = softcap · tanh(logit_scale · (h @ weight.T + bias + a @ adapter_weight.T) / softcap)` (the tanh part
     only when `softcap` is set). Covers tied embeddings (pass the embedding matrix), a head bias (also a bias added
-    after the head, as BART/Marian/Pegasus's `final_logits_bias`: see `hf_distill.lm_head.linear_head`), logit scaling
+    after the head, as BART/Marian/Pegasus's `final_logits_bias`: see `hf_distill.modeling.lm_head.linear_head`), logit scaling
     (Cohere's `logit_scale`, Granite's `1 / logits_scaling`), final logit soft-capping (Gemma 2/3) and LoRA adapters
     on the head (`a` their inputs, appended to `h`).
 
@@ -44,6 +45,7 @@ class LinearHead:
 
     @property
     def hidden_size(self) -> int:
+        """`H`, the width of the head's input without the adapters' `r` features."""
         return self.weight.shape[1]
 
     def linear(self, features: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,6 +90,21 @@ class LinearHead:
         if self.logit_scale != 1.0:
             grad_logits.mul_(self.logit_scale)
         return grad_logits
+
+
+@dataclass(frozen=True)
+class HeadInput:
+    """A model's final hidden states and the LM head that projects them (the logits are never materialised whole).
+
+    Attributes:
+        hidden (`torch.Tensor` of shape `(B, T, H [+ r])`): the head's input, followed by the inputs of its LoRA
+            adapters when `head` has an `adapter_weight`. Gradients flow for the student.
+        head (`LinearHead`): the head; for the student, gradients reach `weight`, `bias` and `adapter_weight` when
+            they require them.
+    """
+
+    hidden: torch.Tensor
+    head: LinearHead
 
 
 def _rows_in_cache(vocab_size: int) -> int:
@@ -180,7 +197,9 @@ class _ChunkedObjective(torch.autograd.Function):
             del teacher_chunk
             if not any(want.values()):
                 continue
-            grad_out = student_logits  # (C, V_s): d total / d (h @ W.T + b)
+            # G = d total / d (h @ W.T + b), (C, V_s). Through the linear map: d/dh = G @ W, d/dW = G.T @ h,
+            # d/db = Σ_rows G (and for the adapter's inputs a, and B: G @ B and G.T @ a).
+            grad_out = student_logits
             del student_logits
             if grad_hidden is not None:
                 grad_rows = grad_hidden[start : start + chunk_size]
@@ -229,43 +248,32 @@ class _ChunkedObjective(torch.autograd.Function):
 
 def chunked_objective_sums(
     objective: KDObjective,
-    student_hidden: torch.Tensor,
-    student_head: LinearHead,
-    teacher_hidden: torch.Tensor,
-    teacher_head: LinearHead,
-    labels: torch.Tensor | None,
-    attention_mask: torch.Tensor | None,
-    shift_labels: bool,
+    student: HeadInput,
+    teacher: HeadInput,
+    positions: Positions,
     chunk_size: int,
     vocab_size: int | None = None,
-    require_labels: bool = True,
 ) -> ObjectiveSums:
     """`objective_sums` from final hidden states and LM heads, without materialising either model's logits.
 
     Args:
         objective (`KDObjective`): what to compute.
-        student_hidden (`torch.Tensor` of shape `(B, T, H_s [+ r])`): input of the student's head, with gradients;
-            followed by the inputs of its LoRA adapters when the head has an `adapter_weight`.
-        student_head (`LinearHead`): the student's head; gradients reach `weight`, `bias` and `adapter_weight` when
-            they require them.
-        teacher_hidden (`torch.Tensor` of shape `(B, T, H_t [+ r_t])`): input of the teacher's head (likewise).
-        teacher_head (`LinearHead`): the teacher's head.
-        labels, attention_mask, shift_labels, vocab_size, require_labels: as in `objective_sums`.
+        student (`HeadInput`): the student's hidden states `(B, T, H_s [+ r])` (with gradients) and head.
+        teacher (`HeadInput`): the teacher's hidden states `(B, T, H_t [+ r_t])` and head.
+        positions (`Positions`), vocab_size (`int`, *optional*): as in `objective_sums`.
         chunk_size (`int`): positions per chunk; peak memory is a few `(chunk_size, V)` float32 tiles.
 
     Returns:
         `ObjectiveSums`, equal to `objective_sums` on the projected logits up to float rounding.
     """
-    check_labels(objective, labels, require_labels)
-    student_rows, teacher_rows, targets = gather_rows(
-        student_hidden, teacher_hidden, labels, attention_mask, shift_labels
-    )
-    shared = check_vocab(student_head.weight.shape[0], teacher_head.weight.shape[0], vocab_size)
+    check_labels(objective, positions)
+    student_rows, teacher_rows, targets = gather_rows(student.hidden, teacher.hidden, positions)
+    shared = check_vocab(student.head.weight.shape[0], teacher.head.weight.shape[0], vocab_size)
     return _apply(
         objective,
         student_rows,
-        student_head,
-        _DenseTeacher(teacher_head, shared),
+        student.head,
+        _DenseTeacher(teacher.head, shared),
         teacher_rows.detach(),
         targets,
         chunk_size,
@@ -302,41 +310,33 @@ def _apply(objective, student_rows, student_head, teacher, teacher_rows, targets
         total=total,
         kd=kd,
         ce=None if targets.labels is None else ce,
-        num_targets=targets.index.new_tensor(targets.index.numel()),
+        num_targets=targets.count,
         agreement=agreement,
     )
 
 
 def chunked_sparse_objective_sums(
-    objective: KDObjective,
-    student_hidden: torch.Tensor,
-    student_head: LinearHead,
-    topk_ids: torch.Tensor,
-    teacher_topk_logprobs: torch.Tensor,
-    teacher_tail: torch.Tensor | None,
-    labels: torch.Tensor | None,
-    attention_mask: torch.Tensor | None,
-    shift_labels: bool,
-    chunk_size: int,
-    require_labels: bool = True,
-    tail: str = "bucket",
+    objective: KDObjective, student: HeadInput, teacher: TopK, positions: Positions, chunk_size: int
 ) -> ObjectiveSums:
     """`sparse.sparse_objective_sums` from the student's final hidden states: a cached teacher, and the student's
     logits only one `(chunk_size, V)` tile at a time.
 
     Args:
-        student_hidden (`torch.Tensor` of shape `(B, T, H [+ r])`), student_head (`LinearHead`): as in
-            `chunked_objective_sums`.
-        topk_ids, teacher_topk_logprobs (`(B, T, k)`), teacher_tail (`(B, T)`, *optional*), tail: as in
-            `sparse.sparse_objective_sums`.
+        objective (`KDObjective`): what to compute; `kd_temperature` must be the temperature of the cache.
+        student (`HeadInput`): the student's hidden states `(B, T, H [+ r])` and head, as in `chunked_objective_sums`.
+        teacher (`TopK`): ids and log-probabilities `(B, T, k)`, tail mass `(B, T)` (optional), tail mode.
+        positions (`Positions`): as in `objective_sums`.
+        chunk_size (`int`): positions per chunk.
+
+    Returns:
+        `ObjectiveSums`, equal to `sparse_objective_sums` on the projected logits up to float rounding.
     """
-    check_labels(objective, labels, require_labels)
-    student_rows, ids, logprobs, tail_rows, targets = gather_sparse_rows(
-        student_hidden, topk_ids, teacher_topk_logprobs, teacher_tail, labels, attention_mask, shift_labels
-    )
-    if ids.numel() and int(ids.max()) >= student_head.weight.shape[0]:
-        raise ValueError(
-            f"topk_ids go up to {int(ids.max())}, beyond the student's vocabulary of {student_head.weight.shape[0]}."
-        )
+    check_labels(objective, positions)
+    student_rows, ids, logprobs, tail_rows, targets = gather_sparse_rows(student.hidden, teacher, positions)
+    vocab = student.head.weight.shape[0]
+    if ids.numel() and int(ids.max()) >= vocab:
+        raise ValueError(f"topk_ids go up to {int(ids.max())}, beyond the student's vocabulary of {vocab}.")
     teacher_rows = (ids.long(), logprobs.float(), None if tail_rows is None else tail_rows.float())
-    return _apply(objective, student_rows, student_head, _SparseTeacher(tail), teacher_rows, targets, chunk_size)
+    return _apply(
+        objective, student_rows, student.head, _SparseTeacher(teacher.tail), teacher_rows, targets, chunk_size
+    )

@@ -43,14 +43,30 @@ def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> t
 def forward_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **_
 ) -> torch.Tensor:
-    """KL(p_t ‖ p_s): mass-covering; the student is pushed to put probability wherever the teacher does (Hinton et al.)."""
+    """KL(p_t ‖ p_s): mass-covering; the student is pushed to put probability wherever the teacher does (Hinton et al.).
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(N, V)`), teacher_logits (`torch.Tensor` of shape `(N, V)`),
+        temperature (`float`): as in `per_token_divergence`.
+
+    Returns:
+        `torch.Tensor` of shape `(N,)`, float32.
+    """
     return _kl(_log_probs(teacher_logits, temperature), _log_probs(student_logits, temperature))
 
 
 def reverse_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **_
 ) -> torch.Tensor:
-    """KL(p_s ‖ p_t): mode-seeking; the student concentrates on the teacher's main modes (MiniLLM)."""
+    """KL(p_s ‖ p_t): mode-seeking; the student concentrates on the teacher's main modes (MiniLLM).
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(N, V)`), teacher_logits (`torch.Tensor` of shape `(N, V)`),
+        temperature (`float`): as in `per_token_divergence`.
+
+    Returns:
+        `torch.Tensor` of shape `(N,)`, float32.
+    """
     return _kl(_log_probs(student_logits, temperature), _log_probs(teacher_logits, temperature))
 
 
@@ -62,6 +78,13 @@ def jsd(
     With mixture `m = (1−β)·p_s + β·p_t`, the loss is `β·KL(p_t ‖ m) + (1−β)·KL(p_s ‖ m)`. `beta=0.5` is the
     symmetric JSD. The two end points are defined as the KLs they interpolate towards: `beta=0` is exactly the forward
     KL(p_t ‖ p_s) and `beta=1` exactly the reverse KL(p_s ‖ p_t) (the mixture formula itself would vanish there).
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(N, V)`), teacher_logits (`torch.Tensor` of shape `(N, V)`),
+        temperature (`float`), beta (`float`): as in `per_token_divergence`.
+
+    Returns:
+        `torch.Tensor` of shape `(N,)`, float32.
     """
     if beta == 0.0:
         return forward_kl(student_logits, teacher_logits, temperature)
@@ -74,7 +97,15 @@ def jsd(
 
 
 def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **_) -> torch.Tensor:
-    """Total variation distance ½·Σ|p_t − p_s|, bounded in [0, 1] and symmetric (DistiLLM, DistillKit)."""
+    """Total variation distance ½·Σ|p_t − p_s|, bounded in [0, 1] and symmetric (DistiLLM, DistillKit).
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(N, V)`), teacher_logits (`torch.Tensor` of shape `(N, V)`),
+        temperature (`float`): as in `per_token_divergence`.
+
+    Returns:
+        `torch.Tensor` of shape `(N,)`, float32.
+    """
     p_s = _log_probs(student_logits, temperature).exp()
     p_t = _log_probs(teacher_logits, temperature).exp()
     return 0.5 * (p_t - p_s).abs().sum(-1)
@@ -86,6 +117,13 @@ def skew_forward_kl(
     """Skew KL (DistiLLM, Ko et al. 2024): `KL(p_t ‖ α·p_t + (1−α)·p_s)` with `α = skew`.
 
     `skew=0` is the forward KL; a small positive skew keeps the loss finite where the student puts no mass.
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(N, V)`), teacher_logits (`torch.Tensor` of shape `(N, V)`),
+        temperature (`float`), skew (`float`): as in `per_token_divergence`.
+
+    Returns:
+        `torch.Tensor` of shape `(N,)`, float32.
     """
     log_pt = _log_probs(teacher_logits, temperature)
     log_ps = _log_probs(student_logits, temperature)
@@ -97,7 +135,15 @@ def skew_forward_kl(
 def skew_reverse_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, skew: float = 0.1, **_
 ) -> torch.Tensor:
-    """Skew reverse KL (DistiLLM): `KL(p_s ‖ (1−α)·p_t + α·p_s)` with `α = skew`; `skew=0` is the reverse KL."""
+    """Skew reverse KL (DistiLLM): `KL(p_s ‖ (1−α)·p_t + α·p_s)` with `α = skew`; `skew=0` is the reverse KL.
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(N, V)`), teacher_logits (`torch.Tensor` of shape `(N, V)`),
+        temperature (`float`), skew (`float`): as in `per_token_divergence`.
+
+    Returns:
+        `torch.Tensor` of shape `(N,)`, float32.
+    """
     log_pt = _log_probs(teacher_logits, temperature)
     log_ps = _log_probs(student_logits, temperature)
     if skew == 0.0:
@@ -177,6 +223,10 @@ def per_token_divergence(
 # The chunked loss computes each chunk's gradient during the forward pass. Autograd through the formulas above
 # walks ~25 full (C, V) passes per chunk; these closed forms need about 10, which is what keeps the chunked loss
 # near the matmul floor. Each is tested against autograd of the function above it (tests/test_losses.py).
+#
+# Common step: with p_s = softmax(z / T), d p_s,j / d z_i = p_s,j·(δ_ij − p_s,i) / T, so a gradient g wrt the
+# probabilities becomes p_s ⊙ (g − Σ_j p_s,j·g_j) / T wrt the logits (`_through_softmax`, then the division by T).
+# Any constant added to every g_j cancels there, which is why the "+1" of d(p·log p)/dp never appears below.
 
 
 def _log_probs_and_probs(
@@ -236,16 +286,23 @@ def divergence_and_grad(
     log_ps, p_s = _log_probs_and_probs(student_logits, temperature, overwrite)
     log_pt, p_t = _log_probs_and_probs(teacher_logits, temperature, overwrite)
     if loss == "forward_kl":  # the default
+        # KL(p_t ‖ p_s) = Σ p_t·log p_t − Σ p_t·log p_s, and d log p_s,j / d z_i = (δ_ij − p_s,i) / T, so
+        # d/dz_i = −Σ_j p_t,j·(δ_ij − p_s,i) / T = (p_s,i − p_t,i) / T (Σ p_t = 1).
         value = log_pt.sub_(log_ps).mul_(p_t).sum(-1)  # log_pt, p_s: tiles of this call's own (or given to it)
         grad = p_s.sub_(p_t)
         if temperature != 1.0:
             grad = grad.div_(temperature)
         return value, grad, log_ps
     if loss == "reverse_kl":
+        # KL(p_s ‖ p_t) = Σ p_s·(log p_s − log p_t): d/dp_s,j = gap_j + 1 with gap = log p_s − log p_t; through the
+        # softmax, d/dz_i = p_s,i·(gap_i − Σ_j p_s,j·gap_j) / T = p_s,i·(gap_i − KL) / T.
         gap = log_ps - log_pt
         value = (p_s * gap).sum(-1)
         grad = gap.sub_(value[:, None]).mul_(p_s)
     elif loss == "jsd":
+        # m = (1−β)·p_s + β·p_t. d/dp_s,j of β·KL(p_t ‖ m) is −β(1−β)·p_t,j/m_j; of (1−β)·KL(p_s ‖ m) it is
+        # (1−β)·(log(p_s,j/m_j) + 1 − (1−β)·p_s,j/m_j). The two 1/m_j terms sum to −(1−β)·m_j/m_j and cancel the
+        # +1, leaving (1−β)·gap_j with gap = log(p_s/m): d/dz_i = (1−β)·p_s,i·(gap_i − KL(p_s ‖ m)) / T.
         log_m = torch.logaddexp(log_ps + math.log(1 - beta), log_pt + math.log(beta))
         kl_teacher = (p_t * (log_pt - log_m)).sum(-1)
         gap = log_ps - log_m
@@ -253,6 +310,7 @@ def divergence_and_grad(
         value = beta * kl_teacher + (1 - beta) * kl_student
         grad = gap.sub_(kl_student[:, None]).mul_(p_s).mul_(1 - beta)
     elif loss == "tvd":
+        # ½·Σ|p_t − p_s|: d/dp_s,j = −½·sign(p_t,j − p_s,j) (a subgradient, 0 where p_t = p_s, as autograd's).
         difference = p_t - p_s
         value = 0.5 * difference.abs().sum(-1)
         grad = _through_softmax(p_s, difference.sign_().mul_(-0.5))
@@ -260,12 +318,14 @@ def divergence_and_grad(
         log_m = torch.logaddexp(log_pt + math.log(skew), log_ps + math.log(1 - skew))
         gap = log_pt - log_m
         value = (p_t * gap).sum(-1)
-        grad = _through_softmax(p_s, gap.exp_().mul_(-(1 - skew)))  # d/dp_s = −(1−α)·p_t/m
+        # KL(p_t ‖ m) with m = α·p_t + (1−α)·p_s: d/dp_s,j = −p_t,j·(1−α)/m_j; gap.exp() = p_t/m.
+        grad = _through_softmax(p_s, gap.exp_().mul_(-(1 - skew)))
     else:  # skew_reverse_kl
         log_m = torch.logaddexp(log_pt + math.log(1 - skew), log_ps + math.log(skew))
         gap = log_ps - log_m
         value = (p_s * gap).sum(-1)
-        # d/dp_s = log p_s − log m + 1 − α·p_s/m; the constant 1 vanishes through the softmax.
+        # KL(p_s ‖ m) with m = (1−α)·p_t + α·p_s: d/dp_s,j = log p_s,j − log m_j + 1 − α·p_s,j/m_j; the constant
+        # 1 vanishes through the softmax.
         grad = _through_softmax(p_s, gap - (log_ps - log_m).exp_().mul_(skew))
     if temperature != 1.0:
         grad = grad.div_(temperature)

@@ -14,6 +14,24 @@ import torch
 IGNORE_INDEX = -100
 
 
+@dataclass(frozen=True)
+class Positions:
+    """Which positions of a micro-batch count, and how the labels line up with the predictions.
+
+    Attributes:
+        labels (`torch.Tensor` of shape `(B, T)` or `(B,)`, *optional*): hard labels, `-100` = ignored.
+        attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*): selects positions when there are no labels.
+        shift_labels (`bool`, *optional*, defaults to `False`): causal LM, position t predicts token t+1.
+        require_labels (`bool`, *optional*, defaults to `True`): refuse a label-less batch when `ce_weight > 0`.
+            Evaluation passes `False`, so `predict()` on unlabelled data scores the KD term alone.
+    """
+
+    labels: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    shift_labels: bool = False
+    require_labels: bool = True
+
+
 @dataclass
 class Targets:
     """Positions selected for the loss, flattened.
@@ -25,6 +43,11 @@ class Targets:
 
     index: torch.Tensor
     labels: torch.Tensor | None
+
+    @property
+    def count(self) -> torch.Tensor:
+        """The number of positions that count, as a 0-dim int64 tensor on the positions' device."""
+        return self.index.new_tensor(self.index.numel())
 
 
 def align_for_prediction(logits: torch.Tensor, shift_labels: bool) -> torch.Tensor:
@@ -88,12 +111,40 @@ def select_targets(
     attention_mask: torch.Tensor | None,
     shift_labels: bool,
 ) -> Targets:
-    """Flat indices (and labels) of the positions that count; see `position_mask` for the rule."""
+    """Flat indices (and labels) of the positions that count; see `position_mask` for the rule.
+
+    Args:
+        leading_shape (`torch.Size`): `(B, T')` or `(B,)`, the aligned logits' shape without the class dimension.
+        labels (`torch.Tensor` of shape `(B, T)` or `(B,)`, *optional*), attention_mask (`torch.Tensor` of shape
+            `(B, T)`, *optional*), shift_labels (`bool`): as in `position_mask`.
+
+    Returns:
+        `Targets`: `index` `(n,)` into the flattened positions, `labels` `(n,)` or `None`.
+    """
     mask, aligned_labels = position_mask(leading_shape, labels, attention_mask, shift_labels)
     flat_mask = mask.reshape(-1)
     index = flat_mask.nonzero().squeeze(-1)  # (n,)
     flat_labels = aligned_labels.reshape(-1)[index] if aligned_labels is not None else None
     return Targets(index=index, labels=flat_labels)
+
+
+def take_rows(targets: Targets, leading_dims: int, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The rows of per-position tensors at the positions that count: the one gather every loss path shares.
+
+    Args:
+        targets (`Targets`): from `select_targets` on the tensors' (aligned) leading shape.
+        leading_dims (`int`): how many leading dimensions index positions: 2 for `(B, T, ...)`, 1 for `(B, ...)`.
+        *tensors (`torch.Tensor` of shape `(B, T, *D)` or `(B, *D)`): aligned per-position tensors (logits, hidden
+            states, cached top-k columns), all with the same leading shape.
+
+    Returns:
+        `list[torch.Tensor]` of shapes `(n, *D)`, one per tensor, in order. When every position counts the rows are
+        views of the inputs, not copies.
+    """
+    flat = [t.reshape(-1, *t.shape[leading_dims:]) for t in tensors]  # (B·T, *D) or (B, *D)
+    if flat and targets.index.numel() == flat[0].shape[0]:  # every position counts: no copy of the rows
+        return flat
+    return [t.index_select(0, targets.index) for t in flat]
 
 
 def count_targets(
@@ -102,7 +153,12 @@ def count_targets(
     attention_mask: torch.Tensor | None,
     shift_labels: bool,
 ) -> torch.Tensor:
-    """Number of positions that count, as a 0-dim int64 tensor (the same rule as `select_targets`)."""
+    """Number of positions that count, as a 0-dim int64 tensor (the same rule as `select_targets`).
+
+    Args:
+        leading_shape (`torch.Size`), labels (`torch.Tensor` of shape `(B, T)` or `(B,)`, *optional*),
+        attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*), shift_labels (`bool`): as in `select_targets`.
+    """
     mask, _ = position_mask(leading_shape, labels, attention_mask, shift_labels)
     return mask.sum()
 

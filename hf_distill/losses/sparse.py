@@ -12,14 +12,16 @@ divergences of `divergences.py` are applied to the projections:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .composite import KDObjective, ObjectiveSums, check_labels, with_ce_term
-from .divergences import per_token_divergence
-from .reduction import Targets, align_for_prediction, select_targets
+from .objective import KDObjective, ObjectiveSums, check_labels, kd_sum, top1_agreement, with_ce_term
+from .reduction import Positions, Targets, align_for_prediction, select_targets, take_rows
 
 __all__ = [
     "TAIL_MODES",
+    "TopK",
     "gather_sparse_rows",
     "sparse_log_probs",
     "sparse_objective_sums",
@@ -28,6 +30,26 @@ __all__ = [
 ]
 
 TAIL_MODES = ("bucket", "renormalize")
+
+
+@dataclass(frozen=True)
+class TopK:
+    """A cached teacher's top-k per position: the sparse counterpart of its logits.
+
+    Attributes:
+        ids (`torch.Tensor` of shape `(B, T, k)` or `(B, k)`): the teacher's top-k token ids at every position the
+            student has (not shifted: they align like teacher logits). Positions that do not count may hold padding.
+        logprobs (`torch.Tensor` of shape `(B, T, k)` or `(B, k)`): `log_softmax(teacher_logits / T)` at `ids`.
+        tail_mass (`torch.Tensor` of shape `(B, T)` or `(B,)`, *optional*): the teacher's mass outside the ids;
+            `None` derives it from `logprobs` (see `sparse_log_probs`).
+        tail (`str`, *optional*, defaults to `"bucket"`): one of `TAIL_MODES`, see `sparse_log_probs`.
+    """
+
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+    tail_mass: torch.Tensor | None
+    tail: str = "bucket"
+
 
 _FLOAT32_MIN = torch.finfo(torch.float32).min
 # A cached log-probability is log_softmax(...) <= 0 exactly; allow only for rounding in the cache's own storage.
@@ -190,7 +212,7 @@ def sparse_row_sums(
     labels: torch.Tensor | None,
     tail: str = "bucket",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """The objective summed over rows that all count, against a sparse teacher: `composite.row_sums`'s counterpart.
+    """The objective summed over rows that all count, against a sparse teacher: `objective.row_sums`'s counterpart.
 
     Args:
         objective (`KDObjective`): what to compute; `kd_temperature` must be the temperature of the cache.
@@ -206,64 +228,42 @@ def sparse_row_sums(
     student_sparse, teacher_sparse = sparse_log_probs(
         student_rows, topk_ids, teacher_topk_logprobs, teacher_tail, objective.kd_temperature, tail
     )
-    kd = (
-        per_token_divergence(
-            _as_masked(student_sparse),
-            _as_masked(teacher_sparse),
-            loss=objective.kd_loss,
-            temperature=1.0,  # the projection has already applied T to both models
-            beta=objective.jsd_beta,
-            skew=objective.skew_alpha,
-        ).sum()
-        * objective.kd_scale
-    )
+    # temperature 1: the projection has already applied T to both models
+    kd = kd_sum(objective, _as_masked(student_sparse), _as_masked(teacher_sparse), temperature=1.0)
     total, ce = with_ce_term(objective, kd, student_rows, labels)
-    student = student_rows.detach()
-    # Ties count as agreement, as in `composite.top1_agreement`.
-    agreement = (student.gather(1, topk_ids[:, :1].long()) >= student.amax(-1, keepdim=True)).sum()
+    agreement = top1_agreement(student_rows.detach(), topk_ids[:, :1].long())  # the ids are sorted: [:, 0] is top-1
     return total, kd.detach(), ce, agreement
 
 
 def gather_sparse_rows(
-    student: torch.Tensor,
-    topk_ids: torch.Tensor,
-    teacher_topk_logprobs: torch.Tensor,
-    teacher_tail: torch.Tensor | None,
-    labels: torch.Tensor | None,
-    attention_mask: torch.Tensor | None,
-    shift_labels: bool,
+    student: torch.Tensor, teacher: TopK, positions: Positions
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, Targets]:
     """The student's per-position tensor (logits, or hidden states for the chunked path) and the cached teacher, at
     the positions that count: `(student_rows (n, D), ids (n, k), log-probs (n, k), tail (n,) or None, targets)`."""
-    aligned = align_for_prediction(student, shift_labels)
-    ids = align_for_prediction(topk_ids, shift_labels)
-    logprobs = align_for_prediction(teacher_topk_logprobs, shift_labels)
+    shift = positions.shift_labels
+    aligned = align_for_prediction(student, shift)
+    ids = align_for_prediction(teacher.ids, shift)
+    logprobs = align_for_prediction(teacher.logprobs, shift)
     if aligned.shape[:-1] != ids.shape[:-1] or logprobs.shape != ids.shape:
         raise ValueError(
-            f"student {tuple(student.shape)} and teacher top-k ids {tuple(topk_ids.shape)} / "
-            f"log-probs {tuple(teacher_topk_logprobs.shape)} cover different positions; the cache must be written "
+            f"student {tuple(student.shape)} and teacher top-k ids {tuple(teacher.ids.shape)} / "
+            f"log-probs {tuple(teacher.logprobs.shape)} cover different positions; the cache must be written "
             "from the same inputs as this batch."
         )
     tail_rows = None
-    if teacher_tail is not None:
-        tail_rows = align_for_prediction(teacher_tail, shift_labels)
+    if teacher.tail_mass is not None:
+        tail_rows = align_for_prediction(teacher.tail_mass, shift)
         if tail_rows.shape != ids.shape[:-1]:
             raise ValueError(
-                f"teacher_tail {tuple(teacher_tail.shape)} must have one value per position of topk_ids "
-                f"{tuple(topk_ids.shape)}."
+                f"teacher_tail {tuple(teacher.tail_mass.shape)} must have one value per position of topk_ids "
+                f"{tuple(teacher.ids.shape)}."
             )
-        tail_rows = tail_rows.reshape(-1)
-    targets = select_targets(aligned.shape[:-1], labels, attention_mask, shift_labels)
-    student_rows = aligned.reshape(-1, aligned.shape[-1])
-    id_rows = ids.reshape(-1, ids.shape[-1])
-    logprob_rows = logprobs.reshape(-1, logprobs.shape[-1])
-    if targets.index.numel() != student_rows.shape[0]:  # otherwise every position counts: no copy of the rows
-        # Selecting first also keeps the padding of positions that do not count out of the input checks.
-        student_rows = student_rows.index_select(0, targets.index)
-        id_rows = id_rows.index_select(0, targets.index)
-        logprob_rows = logprob_rows.index_select(0, targets.index)
-        tail_rows = tail_rows.index_select(0, targets.index) if tail_rows is not None else None
-    return student_rows, id_rows, logprob_rows, tail_rows, targets
+    leading = aligned.shape[:-1]
+    targets = select_targets(leading, positions.labels, positions.attention_mask, shift)
+    # Selecting first also keeps the padding of positions that do not count out of the input checks.
+    tensors = (aligned, ids, logprobs) if tail_rows is None else (aligned, ids, logprobs, tail_rows)
+    student_rows, id_rows, logprob_rows, *tail = take_rows(targets, len(leading), *tensors)
+    return student_rows, id_rows, logprob_rows, tail[0] if tail else None, targets
 
 
 def sparse_row_sums_and_grad(
@@ -279,6 +279,13 @@ def sparse_row_sums_and_grad(
 
     The gradient comes from autograd on these rows alone: a block of a chunk is small, and the projection onto the
     top-k support has no closed form worth maintaining beside the dense one.
+
+    Args:
+        objective, student_rows `(n, V)`, topk_ids `(n, k)`, teacher_topk_logprobs `(n, k)`, teacher_tail `(n,)`,
+        labels `(n,)`, tail: as in `sparse_row_sums`.
+
+    Returns:
+        `(total, kd, ce, agreement, grad)`: detached 0-dim tensors as in `sparse_row_sums`, and `grad` `(n, V)` float32.
     """
     with torch.enable_grad():
         rows = student_rows.detach().float().requires_grad_()
@@ -290,42 +297,25 @@ def sparse_row_sums_and_grad(
 
 
 def sparse_objective_sums(
-    objective: KDObjective,
-    student_logits: torch.Tensor,
-    topk_ids: torch.Tensor,
-    teacher_topk_logprobs: torch.Tensor,
-    teacher_tail: torch.Tensor | None,
-    labels: torch.Tensor | None,
-    attention_mask: torch.Tensor | None,
-    shift_labels: bool,
-    require_labels: bool = True,
-    tail: str = "bucket",
+    objective: KDObjective, student_logits: torch.Tensor, teacher: TopK, positions: Positions
 ) -> ObjectiveSums:
     """Compute the objective's sums for one micro-batch from the student's logits and a cached sparse teacher.
 
-    The counterpart of `composite.objective_sums`: the same positions count, and the sums mean the same.
+    The counterpart of `objective.objective_sums`: the same positions count, and the sums mean the same.
 
     Args:
         objective (`KDObjective`): what to compute; `kd_temperature` must be the temperature of the cache.
         student_logits (`torch.Tensor` of shape `(B, T, V)` or `(B, V)`): student logits, with gradients.
-        topk_ids (`torch.Tensor` of shape `(B, T, k)` or `(B, k)`): the teacher's top-k ids at every position the
-            student has (not shifted: they align like teacher logits). Positions that do not count may hold padding.
-        teacher_topk_logprobs (`torch.Tensor` of shape `(B, T, k)` or `(B, k)`): their log-probabilities at T.
-        teacher_tail (`torch.Tensor` of shape `(B, T)` or `(B,)`, *optional*): the mass outside the ids.
-        labels (`torch.Tensor` of shape `(B, T)` or `(B,)`, *optional*): hard labels, `-100` = ignored.
-        attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*): selects positions when there are no labels.
-        shift_labels (`bool`): causal LM (position t predicts token t+1).
-        require_labels (`bool`, *optional*, defaults to `True`): refuse a batch without labels when `ce_weight > 0`.
-        tail (`str`, *optional*, defaults to `"bucket"`): see `sparse_log_probs`.
+        teacher (`TopK`): ids and log-probabilities `(B, T, k)` or `(B, k)`, tail mass `(B, T)` or `(B,)` (optional)
+            and the tail mode.
+        positions (`Positions`): labels, attention mask, label shift, `require_labels`; as in `objective_sums`.
 
     Returns:
         `ObjectiveSums`.
     """
-    check_labels(objective, labels, require_labels)
-    student_rows, id_rows, logprob_rows, tail_rows, targets = gather_sparse_rows(
-        student_logits, topk_ids, teacher_topk_logprobs, teacher_tail, labels, attention_mask, shift_labels
-    )
+    check_labels(objective, positions)
+    student_rows, id_rows, logprob_rows, tail_rows, targets = gather_sparse_rows(student_logits, teacher, positions)
     total, kd, ce, agreement = sparse_row_sums(
-        objective, student_rows, id_rows, logprob_rows, tail_rows, targets.labels, tail
+        objective, student_rows, id_rows, logprob_rows, tail_rows, targets.labels, teacher.tail
     )
-    return ObjectiveSums(total, kd, ce, targets.index.new_tensor(targets.index.numel()), agreement)
+    return ObjectiveSums(total, kd, ce, targets.count, agreement)

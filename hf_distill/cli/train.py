@@ -1,0 +1,237 @@
+"""Composition root of `hf-distill train`: recipe in, trained and saved student out, with a side-by-side report."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import (
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    DataCollatorForSeq2Seq,
+    DataCollatorWithPadding,
+    TrainingArguments,
+    default_data_collator,
+)
+
+from .. import _packaged as assets
+from .._logging import get_logger
+from ..hub.comparison import evaluate_model
+from ..hub.licenses import LicensePolicyError
+from ..modeling.adapters import is_peft_model, require_bitsandbytes
+from ..modeling.heads import head_kind_of_task
+from ..modeling.student_init import student_from_teacher_layers
+from ..offline.cache import CACHE_COLUMNS, CACHE_INFO_FILE, cache_rows, load_teacher_cache
+from ..preflight import MemoryPlan
+from ..provenance import record_source, source_of
+from ..task_metrics import accuracy_metrics, label_log_probs, perplexity_metrics
+from ..teacher.loading import load_teacher
+from ..trainer import DistillationTrainer
+from ..utils.atomic import write_json
+from .data import causal_lm_datasets, classification_datasets
+from .recipe import Recipe
+from .report import ModelRow, format_table, parameter_count, size_on_disk
+
+logger = get_logger(__name__)
+
+
+def _local_path(name: str) -> str:
+    return assets.resolve_packaged_model(name) if assets.is_packaged(name) else name
+
+
+def metric_arguments(recipe: Recipe) -> dict[str, Any]:
+    """The trainer arguments that score a model on the recipe's task with `evaluate` modules: accuracy for
+    classification, perplexity (from the label tokens' log-probs) for causal LM."""
+    if recipe.task == "sequence_classification":
+        return {"compute_metrics": accuracy_metrics}
+    return {"compute_metrics": perplexity_metrics, "preprocess_logits_for_metrics": label_log_probs}
+
+
+def evaluate_task_metric(
+    model: Any, recipe: Recipe, eval_dataset: Any, collator: Any, args: TrainingArguments
+) -> float:
+    """The task metric of any model on the eval set, by the one evaluation path for teacher and student alike
+    (`hub.comparison.evaluate_model`, which `compare_with_teacher` uses too)."""
+    metrics = evaluate_model(model, eval_dataset, args, data_collator=collator, **metric_arguments(recipe))
+    return metrics["eval_accuracy" if recipe.task == "sequence_classification" else "eval_perplexity"]
+
+
+@dataclass
+class Loaded:
+    """What a recipe loads before any training: arguments, tokenizer, models, data."""
+
+    args: Any
+    tokenizer: Any
+    teacher_path: str
+    teacher: Any
+    student: Any
+    train: Any
+    evaluation: Any
+    collator: Any
+
+
+def load_tokenizer(recipe: Recipe) -> tuple[str, Any]:
+    """The teacher's local folder (a packaged model is converted once) and its tokenizer."""
+    teacher_path = _local_path(recipe.teacher.model_name_or_path)
+    return teacher_path, AutoTokenizer.from_pretrained(
+        teacher_path, revision=recipe.teacher.revision, trust_remote_code=recipe.teacher.trust_remote_code
+    )
+
+
+def load_data(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Train and eval datasets, their collator, and the head's loading arguments (labels of a classifier)."""
+    if recipe.task == "causal_lm":
+        train, evaluation = causal_lm_datasets(recipe.data, tokenizer)
+        if len({len(ids) for ids in train["input_ids"]}) > 1:  # tokenized rows of their own lengths: pad them
+            return train, evaluation, DataCollatorForSeq2Seq(tokenizer, padding=True), {}
+        return train, evaluation, default_data_collator, {}
+    train, evaluation, names = classification_datasets(recipe.data, tokenizer)
+    load_kwargs = {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
+    return train, evaluation, DataCollatorWithPadding(tokenizer), load_kwargs
+
+
+def load_teacher_model(recipe: Recipe, **load_kwargs: Any) -> Any:
+    """The recipe's teacher, by the library's loader: pinned to `teacher.revision`'s commit, with its source (Hub
+    commit, packaged asset or weights hash) recorded for the lineage."""
+    teacher = recipe.teacher
+    return load_teacher(
+        teacher.model_name_or_path,
+        trust_remote_code=teacher.trust_remote_code,
+        revision=teacher.revision,
+        task=recipe.task,
+        **load_kwargs,
+    )
+
+
+def load_recipe_parts(recipe: Recipe) -> Loaded:
+    """Load the tokenizer, teacher, student and datasets a recipe names (nothing is trained)."""
+    args = recipe.training_arguments()
+    if recipe.student.quantization:  # before anything is loaded
+        require_bitsandbytes(f"student.quantization={recipe.student.quantization}")
+    auto = head_kind_of_task(recipe.task).auto_class
+    teacher_path, tokenizer = load_tokenizer(recipe)
+    train, evaluation, collator, load_kwargs = load_data(recipe, tokenizer)
+    teacher = load_teacher_model(recipe, **load_kwargs)
+    if recipe.student.init == "teacher_layers":
+        student = student_from_teacher_layers(teacher, recipe.student.layers)
+    else:
+        if recipe.student.quantization:
+            bits = {"4bit": {"load_in_4bit": True}, "8bit": {"load_in_8bit": True}}[recipe.student.quantization]
+            load_kwargs = {**load_kwargs, "quantization_config": BitsAndBytesConfig(**bits)}
+        student_path = _local_path(recipe.student.model_name_or_path)
+        student = auto.from_pretrained(student_path, trust_remote_code=recipe.student.trust_remote_code, **load_kwargs)
+        record_source(
+            student,
+            source_of(recipe.student.model_name_or_path),
+            student_path if os.path.isdir(student_path) else None,
+        )
+    logger.info(f"{len(train)} training and {len(evaluation)} evaluation examples")
+    return Loaded(args, tokenizer, teacher_path, teacher, student, train, evaluation, collator)
+
+
+def _cached_eval(cache_path: str, evaluation: Any) -> Any:
+    """Evaluation rows when training from a cache: the eval set's own cache, written beside the train cache by
+    `hf-distill cache-teacher` (`<dir>/train`, `<dir>/eval`), when there is one; else none (no teacher to score)."""
+    if all(c in evaluation.column_names for c in CACHE_COLUMNS):
+        return evaluation
+    sibling = os.path.join(os.path.dirname(os.path.normpath(cache_path)), "eval")
+    if not os.path.isfile(os.path.join(sibling, CACHE_INFO_FILE)):
+        logger.info(f"No teacher cache of the evaluation set at {sibling}: the trainer runs no distillation eval.")
+        return None
+    return cache_rows(load_teacher_cache(sibling), evaluation)
+
+
+def build_trainer(recipe: Recipe, loaded: Loaded) -> DistillationTrainer:
+    cache = loaded.args.teacher_cache
+    return DistillationTrainer(
+        model=loaded.student,
+        teacher_model=None if cache else loaded.teacher,
+        args=loaded.args,
+        train_dataset=loaded.train,
+        eval_dataset=_cached_eval(cache, loaded.evaluation) if cache else loaded.evaluation,
+        data_collator=loaded.collator,
+        processing_class=loaded.tokenizer,
+        teacher_processing_class=loaded.tokenizer,
+        peft_config=recipe.peft_config(),
+        **metric_arguments(recipe),
+    )
+
+
+def _write_card(trainer: DistillationTrainer) -> None:
+    """The student's card in the output folder; pushed too when the recipe's args say `push_to_hub: true`."""
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub()
+        return
+    try:  # create_model_card itself writes a card that says "not yet cleared"; the CLI writes none until it is
+        trainer.push_license_decision()
+    except LicensePolicyError as error:
+        logger.warning(f"No model card written: {error}")
+        return
+    trainer.create_model_card()
+
+
+def recipe_memory_plan(recipe: Recipe) -> MemoryPlan:
+    """The memory plan of a recipe (`hf-distill plan`): models and data are loaded, nothing is trained."""
+    return build_trainer(recipe, load_recipe_parts(recipe)).memory_plan()
+
+
+def run_recipe(recipe: Recipe) -> dict[str, Any]:
+    """Load teacher, student and data from `recipe`, distil, save the student, and report teacher vs student.
+
+    Returns:
+        `dict` with the metric name and, per model, parameters, bytes on disk and metric (also written to
+        `<output_dir>/distillation_results.json`).
+    """
+    loaded = load_recipe_parts(recipe)
+    args, teacher, student, evaluation, collator = (
+        loaded.args,
+        loaded.teacher,
+        loaded.student,
+        loaded.evaluation,
+        loaded.collator,
+    )
+    teacher_path = loaded.teacher_path
+
+    metric_name = "perplexity (held out)" if recipe.task == "causal_lm" else "accuracy (held out)"
+    teacher_metric = evaluate_task_metric(teacher, recipe, evaluation, collator, args)
+    student_before = evaluate_task_metric(student, recipe, evaluation, collator, args)
+
+    trainer = build_trainer(recipe, loaded)
+    student = trainer.model  # with its adapters, when the recipe has a `peft` section
+    trainer.train()
+    if trainer.teacher_placement.kind == "replicate":  # teacher vs student for the lineage record and the card
+        trainer.compare_with_teacher(dataset_name=evaluation.info.dataset_name)
+    trainer.save_model(args.output_dir)  # also saves the tokenizer (processing_class) and the lineage record
+    student_after = evaluate_task_metric(student, recipe, evaluation, collator, args)
+    _write_card(trainer)
+
+    teacher_bytes = size_on_disk(teacher_path) if os.path.isdir(teacher_path) else None
+    student_bytes = size_on_disk(args.output_dir)
+    rows = [
+        ModelRow(
+            f"teacher {os.path.basename(teacher_path.rstrip('/'))}",
+            parameter_count(teacher),
+            teacher_bytes,
+            teacher_metric,
+        ),
+        ModelRow("student before distillation", parameter_count(student), None, student_before),
+        ModelRow("student after distillation", parameter_count(student), student_bytes, student_after),
+    ]
+    results = {
+        "metric": metric_name,
+        "models": [row.__dict__ for row in rows],
+        "train_steps": trainer.state.global_step,
+        "world_size": args.world_size,
+    }
+    if trainer.is_world_process_zero():  # under `accelerate launch`, one report and one file
+        print("\n" + format_table(rows, metric_name))
+        adapter_only = is_peft_model(student) and not args.merge_adapter_on_save
+        loader = "peft's AutoPeftModel...from_pretrained" if adapter_only else "transformers' from_pretrained"
+        print(f"\nStudent saved to {args.output_dir} (load it with {loader}).")
+        write_json(os.path.join(args.output_dir, "distillation_results.json"), results, indent=2)
+    return results

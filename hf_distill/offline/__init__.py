@@ -1,0 +1,2 @@
+"""The offline teacher: its top-k distributions cached once (format, writer, reader), its own generated responses for
+sequence-level distillation, and the cache as a kind of `Teacher` (`CachedTeacher`). Built on `hf_distill.teacher`; never imported by it."""

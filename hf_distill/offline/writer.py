@@ -1,0 +1,241 @@
+"""Writing a teacher cache: run the teacher once over a tokenized dataset and stream its top-k distributions to
+parquet shards, resumably (finished shards are verified and kept; only missing ones are computed)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._logging import get_logger
+from ..modeling.heads import unwrap_peft
+from ..provenance import model_source
+from ..teacher.model import freeze, run_teacher
+from ..utils.atomic import atomic_path
+from .cache import (
+    CACHE_COLUMNS,
+    IDS,
+    LOGPROB_DTYPES,
+    LOGPROBS,
+    TAIL,
+    CacheFingerprint,
+    CacheInfo,
+    encode_logprobs,
+    file_sha256,
+    tokenizer_sha256,
+)
+
+logger = get_logger(__name__)
+
+
+def hf_distill_version() -> str | None:
+    try:
+        return metadata.version("hf-distill")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _check_arguments(
+    dataset: Any, k: int, vocab_size: int, temperature: float, logprob_dtype: str, shard_size: int
+) -> None:
+    if not 1 <= k <= vocab_size:
+        raise ValueError(f"k={k} must be between 1 and the teacher's vocabulary size ({vocab_size}).")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0.")
+    if logprob_dtype not in LOGPROB_DTYPES:
+        raise ValueError(f"logprob_dtype={logprob_dtype!r}; use one of {', '.join(LOGPROB_DTYPES)}.")
+    if shard_size < 1:
+        raise ValueError(f"shard_size={shard_size} must be >= 1.")
+    if "input_ids" not in dataset.column_names:
+        raise ValueError(
+            f"The dataset to cache has no `input_ids` column (columns: {', '.join(dataset.column_names)}); tokenize it first."
+        )
+    taken = [c for c in CACHE_COLUMNS if c in dataset.column_names]
+    if taken:
+        raise ValueError(f"The dataset already has the cache columns {taken}; pass the tokenized dataset itself.")
+
+
+def _vocab_size(teacher: nn.Module) -> int:
+    head = teacher.get_output_embeddings() if hasattr(teacher, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return head.weight.shape[0]
+    config = getattr(teacher, "config", None)
+    return getattr(config, "vocab_size", None) or config.num_labels
+
+
+@torch.no_grad()
+def _shard_rows(
+    teacher: nn.Module, rows: Any, k: int, temperature: float, logprob_dtype: str, batch_size: int, collator: Callable
+) -> tuple[dict[str, list], int]:
+    """The shard's original columns plus the three cache columns, each example trimmed to its own length."""
+    columns: dict[str, list] = {name: list(rows[name]) for name in rows.column_names}
+    columns.update({IDS: [], LOGPROBS: [], TAIL: []})
+    tokens = 0
+    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    for start in range(0, len(rows), batch_size):
+        examples = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+        batch = collator(examples)
+        labels = batch.pop("labels", None)
+        features = {key: v.to(device) if torch.is_tensor(v) else v for key, v in batch.items()}
+        logits = run_teacher(teacher, features, None if labels is None else labels.to(device)).logits
+        log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
+        top, ids = log_probs.topk(k, dim=-1)  # sorted, most probable first
+        # The tail from the full-precision probabilities, before any rounding of the stored log-probs.
+        tail = (1 - top.exp().sum(-1)).clamp_min(0)
+        stored = encode_logprobs(top, logprob_dtype)
+        for i, example in enumerate(examples):
+            length = len(example["input_ids"]) if logits.dim() == 3 else None
+            rows_of = slice(None) if length is None else slice(0, length)
+            columns[IDS].append(ids[i, rows_of].to(torch.int32).tolist())
+            columns[LOGPROBS].append(stored[i, rows_of].tolist())
+            columns[TAIL].append(tail[i, rows_of].tolist())
+            tokens += length or 1
+    return columns, tokens
+
+
+def write_shard(output_dir: str, name: str, columns: dict[str, list], features: Any) -> dict[str, Any]:
+    """Write one parquet shard atomically (a temporary file, then a rename); returns its manifest entry."""
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    path = os.path.join(output_dir, name)
+    # The Arrow table keeps the `datasets` features in its schema metadata, so the shard reads back typed.
+    with atomic_path(path) as tmp:
+        table = Dataset.from_dict(columns, features=features).data.table
+        pq.write_table(table, tmp)  # into atomic_path's temporary: the shard appears whole or not at all
+    return {"file": name, "rows": len(next(iter(columns.values()))), "sha256": file_sha256(path)}
+
+
+def cache_features(base: Any, logprob_dtype: str, per_position: bool) -> Any:
+    """`datasets.Features` of cache rows: the example's own columns plus the three cache columns."""
+    from datasets import Features, Sequence, Value
+
+    value = Value(logprob_dtype)
+    ids, logprobs, tail = Sequence(Value("int32")), Sequence(value), Value("float32")
+    if per_position:
+        ids, logprobs, tail = Sequence(ids), Sequence(logprobs), Sequence(tail)
+    return Features({**base, IDS: ids, LOGPROBS: logprobs, TAIL: tail})
+
+
+def cache_teacher(
+    teacher: nn.Module,
+    dataset: Any,
+    output_dir: str,
+    *,
+    k: int = 64,
+    temperature: float = 1.0,
+    logprob_dtype: str = "float16",
+    batch_size: int = 8,
+    shard_size: int = 1024,
+    collator: Callable | None = None,
+    tokenizer: Any = None,
+    teacher_source: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> CacheInfo:
+    """Run `teacher` over `dataset` once and write its top-k distributions as a teacher cache in `output_dir`.
+
+    Shards of `shard_size` examples are written one at a time (to a temporary file, then renamed) and recorded in
+    `teacher_cache.json` with their SHA-256, so an interrupted run resumes where it stopped: finished shards are
+    verified and kept, the rest are computed. A folder holding a cache with another fingerprint is refused.
+
+    Args:
+        teacher (`nn.Module`): the teacher, on the device it should run on.
+        dataset (`datasets.Dataset`): tokenized examples (`input_ids`, and optionally `attention_mask`, `labels`).
+        output_dir (`str`): the cache folder.
+        k (`int`, *optional*, defaults to 64): entries kept per position (1 ≤ k ≤ vocabulary size).
+        temperature (`float`, *optional*, defaults to 1.0): log-probabilities of `logits / temperature`; training
+            from the cache must use the same `kd_temperature`.
+        logprob_dtype (`str`, *optional*, defaults to `"float16"`): `float32`, `float16`, or `uint8` (quantised
+            in steps of 0.05 nats).
+        batch_size (`int`), shard_size (`int`): examples per teacher forward / per shard file.
+        collator (`Callable`, *optional*): pads a list of examples into a batch; defaults to transformers'
+            `DataCollatorWithPadding(tokenizer)` with a tokenizer, else `default_data_collator`. Must pad on the right.
+        tokenizer (*optional*): the teacher's tokenizer, hashed into the fingerprint.
+        teacher_source (`dict`, *optional*): the teacher's identity; defaults to what its loader recorded.
+
+    Returns:
+        `CacheInfo`: the manifest (rows, tokens, shards); `info.bytes_on_disk(output_dir) / info.tokens` is the storage
+        per token.
+    """
+    from transformers import DataCollatorWithPadding, default_data_collator
+
+    vocab_size = _vocab_size(teacher)
+    _check_arguments(dataset, k, vocab_size, temperature, logprob_dtype, shard_size)
+    if collator is None:
+        collator = DataCollatorWithPadding(tokenizer) if tokenizer is not None else default_data_collator
+    fingerprint = CacheFingerprint(
+        teacher=teacher_source or teacher_record(teacher),
+        tokenizer_sha256=tokenizer_sha256(tokenizer),
+        temperature=float(temperature),
+        k=k,
+        vocab_size=vocab_size,
+        dataset_fingerprint=dataset._fingerprint,
+        logprob_dtype=logprob_dtype,
+        hf_distill_version=hf_distill_version(),
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    info = _resume(output_dir, fingerprint, len(dataset), shard_size)
+    freeze(teacher)
+    done = {s["file"] for s in info.shards}
+    per_position = None
+    with tqdm(total=len(dataset), initial=sum(s["rows"] for s in info.shards), disable=not progress, unit="ex") as bar:
+        for index, start in enumerate(range(0, len(dataset), shard_size)):
+            name = f"shard-{index:05d}.parquet"
+            if name in done:
+                continue
+            rows = dataset.select(range(start, min(start + shard_size, len(dataset))))
+            columns, tokens = _shard_rows(teacher, rows, k, temperature, logprob_dtype, batch_size, collator)
+            per_position = isinstance(columns[TAIL][0], list)
+            features = cache_features(dataset.features, logprob_dtype, per_position)
+            info.shards.append({**write_shard(output_dir, name, columns, features), "tokens": tokens})
+            info.shards.sort(key=lambda s: s["file"])
+            info.tokens = sum(s["tokens"] for s in info.shards)
+            info.save(output_dir)
+            bar.update(len(rows))
+    per_token = info.bytes_on_disk(output_dir) / max(info.tokens, 1)
+    logger.info(
+        f"teacher cache {output_dir}: {info.total_rows} examples, {info.tokens} positions, top-{k} {logprob_dtype} "
+        f"log-probs, {per_token:.1f} bytes per position."
+    )
+    return info
+
+
+def teacher_record(teacher: nn.Module) -> dict[str, Any]:
+    base = unwrap_peft(teacher)
+    return {
+        **model_source(teacher),
+        "architecture": type(base).__name__,
+        "parameters": sum(p.numel() for p in base.parameters()),
+    }
+
+
+def _resume(output_dir: str, fingerprint: CacheFingerprint, total_rows: int, shard_size: int) -> CacheInfo:
+    """The manifest to continue from: an existing one with the same fingerprint (its shards verified), else new."""
+    from .cache import CACHE_INFO_FILE
+
+    if not os.path.isfile(os.path.join(output_dir, CACHE_INFO_FILE)):
+        return CacheInfo(fingerprint, [], total_rows, shard_size)
+    info = CacheInfo.load(output_dir)
+    if info.fingerprint != fingerprint or info.shard_size != shard_size:
+        differing = [
+            f.name for f in fingerprint.__dataclass_fields__.values()
+            if getattr(info.fingerprint, f.name) != getattr(fingerprint, f.name)
+        ] or ["shard_size"]  # fmt: skip
+        raise ValueError(
+            f"{output_dir} already holds a teacher cache made with other settings ({', '.join(differing)} differ); "
+            "write this one to a new folder."
+        )
+    kept = []
+    for shard in info.shards:
+        path = os.path.join(output_dir, shard["file"])
+        if os.path.isfile(path) and file_sha256(path) == shard["sha256"]:
+            kept.append(shard)
+        else:
+            logger.warning(f"Teacher cache shard {shard['file']} is missing or damaged; it will be computed again.")
+    info.shards = kept
+    return info
