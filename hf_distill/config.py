@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
-from transformers import TrainingArguments
+from transformers import GenerationConfig, TrainingArguments
 
 from .losses import DIVERGENCES, KDObjective
 
@@ -79,6 +80,33 @@ class DistillationConfig(TrainingArguments):
             For a PEFT (LoRA, ...) student, `save_model()` writes a full model with the adapters merged in, loadable
             with transformers alone, instead of the adapter (`adapter_config.json`, `adapter_model.safetensors`).
             Checkpoints always hold the adapter, so that training can resume.
+        on_policy_fraction (`float`, *optional*, defaults to 0.0):
+            Share of optimizer steps on which the student generates completions of the batch's prompts (the leading
+            run of `-100` labels of each row, or the whole row without labels) and the KD term is taken over its own
+            generated tokens, EOS included (GKD, Agarwal et al. 2024). `reverse_kl` is the usual `kd_loss` here. The
+            steps follow a fixed round-robin (0.5: off, on, off, on, ...), the same on every process. 0 = off-policy
+            only (today's behaviour).
+        teacher_generation_fraction (`float`, *optional*, defaults to 0.0):
+            Share of optimizer steps on which the teacher generates the completions instead (sequence-level KD).
+            `on_policy_fraction + teacher_generation_fraction <= 1`; `ce_weight` applies on off-policy steps only.
+        max_new_tokens (`int`, *optional*, defaults to 128):
+            Longest completion generated on an on-policy or teacher-generated step, and for `eval_on_policy`.
+        generation_temperature (`float`, *optional*, defaults to 1.0):
+            Sampling temperature of the generation (not the KD term's `kd_temperature`); 0 = greedy.
+        generation_top_p (`float`, *optional*, defaults to 1.0):
+            Nucleus sampling: keep the smallest set of tokens whose probability reaches this (1.0 = off).
+        generation_top_k (`int`, *optional*, defaults to 0):
+            Sample among the k most likely tokens only (0 = off).
+        generation_kwargs (`dict` or `str`, *optional*):
+            Any other `transformers.GenerationConfig` field (e.g. `{"repetition_penalty": 1.1}`, `eos_token_id`);
+            a JSON string on the command line.
+        generation_backend (`str`, *optional*, defaults to `"transformers"`):
+            What generates: `transformers` (`model.generate` on the unwrapped student). `vllm` is not supported yet.
+        log_completions (`bool`, *optional*, defaults to `False`):
+            Log a few prompt/completion pairs of the latest generated step every `logging_steps`.
+        eval_on_policy (`bool`, *optional*):
+            Add `eval_on_policy_reverse_kl` to evaluation: the teacher's reverse KL to the student on the student's
+            own greedy completions of the eval prompts, per generated token. Default: on when `on_policy_fraction > 0`.
 
     Example:
         ```python
@@ -184,6 +212,52 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    on_policy_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of optimizer steps on which the student generates completions of the batch's prompts and "
+            "is distilled on its own tokens (on-policy, GKD). 0 = off-policy only."
+        },
+    )
+    teacher_generation_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of optimizer steps on which the teacher generates the completions (sequence-level KD). "
+            "on_policy_fraction + teacher_generation_fraction <= 1."
+        },
+    )
+    max_new_tokens: int = field(
+        default=128, metadata={"help": "Longest completion generated on on-policy / teacher-generated steps."}
+    )
+    generation_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature of the generation (not kd_temperature); 0 = greedy."},
+    )
+    generation_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (1.0 = off)."})
+    generation_top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens (0 = off)."})
+    generation_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Any other transformers.GenerationConfig field for the generation, as a dict (JSON on the "
+            "command line), e.g. '{\"repetition_penalty\": 1.1}'."
+        },
+    )
+    generation_backend: str = field(
+        default="transformers",
+        metadata={"help": "What generates: transformers (model.generate). vllm is not supported yet."},
+    )
+    log_completions: bool = field(
+        default=False,
+        metadata={"help": "Log a few prompt/completion pairs of the latest generated step every logging_steps."},
+    )
+    eval_on_policy: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Add eval_on_policy_reverse_kl: the teacher's reverse KL to the student on its own greedy "
+            "completions of the eval prompts. Default: on when on_policy_fraction > 0."
+        },
+    )
+
     acknowledge_teacher_license: bool = field(
         default=False,
         metadata={
@@ -215,6 +289,7 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"preflight={self.preflight!r}; use refuse, print or off.")
         if self.kd_chunk_size is not None and self.kd_chunk_size < 0:
             raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be >= 0 (0 = off, None = automatic).")
+        _check_generation_fields(self)
 
     def kd_objective(self) -> KDObjective:
         """The loss these arguments describe."""
@@ -227,9 +302,21 @@ _BOOL_FIELDS = (
     "merge_adapter_on_save",
     "acknowledge_teacher_license",
     "override_name_prefix",
+    "log_completions",
 )
-_FLOAT_FIELDS = ("kd_temperature", "jsd_beta", "skew_alpha", "kd_weight", "ce_weight")
-_STR_FIELDS = ("teacher_cache_tail", "kd_loss", "teacher_placement", "preflight")
+_FLOAT_FIELDS = (
+    "kd_temperature",
+    "jsd_beta",
+    "skew_alpha",
+    "kd_weight",
+    "ce_weight",
+    "on_policy_fraction",
+    "teacher_generation_fraction",
+    "generation_temperature",
+    "generation_top_p",
+)
+_INT_FIELDS = ("max_new_tokens", "generation_top_k")
+_STR_FIELDS = ("teacher_cache_tail", "kd_loss", "teacher_placement", "preflight", "generation_backend")
 _OPTIONAL_STR_FIELDS = (
     "teacher_model_name_or_path",
     "teacher_revision",
@@ -264,6 +351,15 @@ def _check_field_types(args: DistillationConfig) -> None:
                 "or leave it unset (automatic)."
             )
         args.kd_chunk_size = number
+    for name in _INT_FIELDS:
+        number = _as_number(getattr(args, name), int)
+        if number is None:
+            raise TypeError(
+                f"{name}={getattr(args, name)!r} is not an integer; use a whole number, e.g. {_default(name)}."
+            )
+        setattr(args, name, number)
+    if args.eval_on_policy is not None and not isinstance(args.eval_on_policy, bool):
+        raise TypeError(f"eval_on_policy={args.eval_on_policy!r} is not a boolean; use true, false or leave it unset.")
     for name in _STR_FIELDS:
         if not isinstance(getattr(args, name), str):
             raise TypeError(f"{name}={getattr(args, name)!r} is not a string; {_STR_HINTS[name]}.")
@@ -303,7 +399,59 @@ _STR_HINTS = {
     "kd_loss": f"use one of {', '.join(DIVERGENCES)}",
     "teacher_placement": "use auto, replicate, shard, offload or a device list such as 'cuda:1'",
     "preflight": "use refuse, print or off",
+    "generation_backend": "use transformers",
 }
+
+# `GenerationConfig` fields that have a field of their own here, so `generation_kwargs` may not set them.
+_OWN_GENERATION_FIELDS = {
+    "max_new_tokens": "max_new_tokens",
+    "temperature": "generation_temperature",
+    "do_sample": "generation_temperature (0 = greedy, > 0 samples)",
+    "top_p": "generation_top_p",
+    "top_k": "generation_top_k",
+}
+
+
+def _check_generation_fields(args: DistillationConfig) -> None:
+    """Refuse on-policy and generation settings outside their ranges, naming the field and the value."""
+    on, teacher = args.on_policy_fraction, args.teacher_generation_fraction
+    for name, value in (("on_policy_fraction", on), ("teacher_generation_fraction", teacher)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}={value} must lie in [0, 1] (the share of optimizer steps).")
+    if on + teacher > 1.0 + 1e-12:
+        raise ValueError(
+            f"on_policy_fraction={on} + teacher_generation_fraction={teacher} = {on + teacher:g} exceeds 1: they are "
+            "shares of the same optimizer steps."
+        )
+    if args.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={args.max_new_tokens} must be >= 1.")
+    if args.generation_temperature < 0:
+        raise ValueError(f"generation_temperature={args.generation_temperature} must be >= 0 (0 = greedy).")
+    if not 0.0 < args.generation_top_p <= 1.0:
+        raise ValueError(f"generation_top_p={args.generation_top_p} must lie in (0, 1] (1 = off).")
+    if args.generation_top_k < 0:
+        raise ValueError(f"generation_top_k={args.generation_top_k} must be >= 0 (0 = off).")
+    if args.generation_backend != "transformers":
+        raise ValueError(
+            f"generation_backend={args.generation_backend!r} is not supported; use transformers (model.generate on "
+            "the student). A vLLM backend is not implemented yet."
+        )
+    kwargs = args.generation_kwargs
+    if isinstance(kwargs, str):
+        try:
+            kwargs = json.loads(kwargs)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"generation_kwargs={args.generation_kwargs!r} is not valid JSON ({error}).") from None
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(
+            f"generation_kwargs={args.generation_kwargs!r} is not a mapping; give a dict or a JSON object."
+        )
+    for key in kwargs or {}:
+        if key in _OWN_GENERATION_FIELDS:
+            raise ValueError(f"generation_kwargs sets {key!r}; use the field {_OWN_GENERATION_FIELDS[key]} instead.")
+        if key not in GenerationConfig().to_dict():
+            raise ValueError(f"generation_kwargs: {key!r} is not a transformers.GenerationConfig field.")
+    args.generation_kwargs = kwargs
 
 
 def _default(name: str) -> Any:

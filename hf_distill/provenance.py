@@ -169,6 +169,8 @@ def hub_card_facts(repo_id: str, sha: str) -> dict[str, Any]:
 
 def record_source(model: nn.Module, source: dict[str, Any], local_folder: str | None = None) -> nn.Module:
     """Attach `source` (and, privately, the local folder it was read from) to `model`; returns `model`."""
+    # An attribute of our own name on the model, not a registry keyed by the object: the record must follow the model
+    # through wrappers that forward attribute reads to it (PeftModel, DeepSpeedEngine) and through `deepcopy`.
     object.__setattr__(model, SOURCE_ATTRIBUTE, source)
     if local_folder is not None:
         object.__setattr__(model, LOCAL_FOLDER_ATTRIBUTE, os.path.abspath(os.path.expanduser(local_folder)))

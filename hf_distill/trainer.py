@@ -5,6 +5,8 @@ and saving, comparing and publishing in `hf_distill.hub.publishing`."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ from transformers.trainer_utils import EvalLoopOutput
 from ._logging import get_logger
 from .config import distillation_setting, kd_objective_from_args
 from .hub.comparison import LabelLoss
+from .hub.lineage import Lineage
 from .hub.publishing import PublishingMixin
 from .losses import (
     HeadInput,
@@ -40,6 +43,10 @@ from .modeling.heads import is_encoder_decoder, is_token_level, shifts_labels, u
 from .modeling.lm_head import capture_head_input, linear_head
 from .offline.cache import TeacherCache
 from .offline.setup import setup_cached_teacher, uses_cache
+from .on_policy.evaluation import REVERSE_KL, on_policy_reverse_kl
+from .on_policy.schedule import OFF_POLICY
+from .on_policy.settings import OnPolicySettings, check_on_policy
+from .on_policy.steps import OnPolicySteps
 from .preflight import MemoryPlan, memory_plan, refusal_message
 from .teacher.base import Teacher
 from .teacher.labels import check_class_labels, check_problem_type
@@ -135,7 +142,12 @@ class DistillationTrainer(PublishingMixin, Trainer):
         check_problem_type(teacher_model, "teacher")
         super().__init__(wrap_student(model, peft_config), args, *trainer_args, **trainer_kwargs)
         self.kd_objective: KDObjective = kd_objective_from_args(self.args)
-        if uses_cache(teacher_model, teacher_cache, self.args):
+        on_policy = OnPolicySettings.from_args(self.args)
+        cached = uses_cache(teacher_model, teacher_cache, self.args)
+        check_on_policy(
+            on_policy, self.model, self.kd_objective, cached_teacher=cached, train_dataset=self.train_dataset
+        )
+        if cached:
             teacher = setup_cached_teacher(teacher_model, teacher_cache, self.model, self.args, self.processing_class)
         else:
             teacher = setup_teacher(
@@ -156,6 +168,14 @@ class DistillationTrainer(PublishingMixin, Trainer):
         self._eval_metrics = DistillationMetrics.zeros(self.args.device)
         self._finite_check = FiniteCheck(self.accelerator, teacher)  # NaN/inf stop before the step
         self.add_callback(self._finite_check)
+        # On-policy distillation (hf_distill.on_policy): None when nothing generates, and then nothing below changes.
+        self._on_policy = None
+        if on_policy.generates:
+            self._on_policy = OnPolicySteps(on_policy, self.model, teacher, self.processing_class, self.args.device)
+        # Generated steps have no dataset labels: their objective is the KD term alone (kd_weight > 0 is checked).
+        self._generated_objective = None
+        if self._on_policy is not None:
+            self._generated_objective = dataclasses.replace(self.kd_objective, ce_weight=0.0)
 
     # ---- data: the columns the loss needs must survive `remove_unused_columns` ----
 
@@ -174,6 +194,10 @@ class DistillationTrainer(PublishingMixin, Trainer):
                 batch_samples.append(next(epoch_iterator))
             except StopIteration:
                 break
+        if self._trains_on_policy:  # a generated step trains on its scored batches, counted below like any batch
+            batch_samples = self._on_policy.prepare(
+                batch_samples, self.state.global_step, self.model_wrapped, self.accelerator, self.args.seed
+            )
         num_targets = sum(
             (self._count_batch_targets(batch).to(device) for batch in batch_samples), torch.tensor(0, device=device)
         )
@@ -197,6 +221,17 @@ class DistillationTrainer(PublishingMixin, Trainer):
 
     def _mask_column(self) -> str:
         return "decoder_attention_mask" if is_encoder_decoder(self.model) else "attention_mask"
+
+    @property
+    def _trains_on_policy(self) -> bool:
+        return self._on_policy is not None and self._on_policy.settings.trains
+
+    def _generated_step(self, model: nn.Module) -> bool:
+        """The micro-batch being trained belongs to an on-policy or teacher-generated step."""
+        return model.training and self._trains_on_policy and self._on_policy.kind != OFF_POLICY
+
+    def _timer(self, name: str) -> Any:
+        return self._on_policy.timer(name) if self._trains_on_policy else contextlib.nullcontext()
 
     def _loss_processes(self) -> int:
         averaged = self.args.average_tokens_across_devices and self.args.world_size > 1
@@ -224,8 +259,17 @@ class DistillationTrainer(PublishingMixin, Trainer):
             loss = normalize_token_sum(sums.total, num_items_in_batch, self._loss_processes())
         return (loss, outputs) if return_outputs else loss
 
-    def _batch_sums(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any) -> tuple:
-        """`(ObjectiveSums, student outputs)` of one micro-batch: teacher targets, student forward, objective."""
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        with self._timer("time_step"):  # the step's split in the logs (on-policy runs): student = step - teacher
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def _batch_sums(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any, objective: KDObjective | None = None
+    ) -> tuple:
+        """`(ObjectiveSums, student outputs)` of one micro-batch: teacher targets, student forward, objective (the
+        run's, without its CE term on a generated step, unless `objective` is given)."""
+        if objective is None:
+            objective = self._generated_objective if self._generated_step(model) else self.kd_objective
         labels = inputs.get("labels")
         check_class_labels(labels)
         features = {k: v for k, v in inputs.items() if k not in LABEL_COLUMNS}  # the teacher's columns included
@@ -233,17 +277,19 @@ class DistillationTrainer(PublishingMixin, Trainer):
         student_inputs = select_arguments(decoder_inputs(model, student_features, labels), self._student_arguments)
         chunked = self._use_chunked_loss(model, student_inputs, features, labels)
         # The teacher first: its forward's activations are freed before the student's are held for the backward.
-        with self.accelerator.autocast():
+        with self.accelerator.autocast(), self._timer("time_teacher"):
             teacher = self.teacher.targets(features, labels, chunked=chunked)
         student, outputs = self._student_forward(model, student_inputs, chunked)
         sums = distillation_sums(
-            self.kd_objective,
+            objective,
             student,
             teacher,
             Positions(labels, self._position_attention_mask(features), self._shift_labels, model.training),
             chunk_size=self._chunk_size if chunked else 0,
             vocab_size=self.teacher.shared_vocab,
         )
+        if objective is self._generated_objective:  # the student's CE on its own tokens is no CE term: not logged
+            sums = dataclasses.replace(sums, ce=None)
         self._finite_check.observe(model, sums, teacher, student)
         self._check_count(sums, inputs, num_items_in_batch)
         return sums, outputs
@@ -320,6 +366,8 @@ class DistillationTrainer(PublishingMixin, Trainer):
         self._eval_metrics = DistillationMetrics.zeros(self.args.device)
         self._finite_check.start_evaluation()
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self._on_policy is not None and self._on_policy.settings.evaluate:
+            output.metrics[f"{metric_key_prefix}_on_policy_reverse_kl"] = self._on_policy_reverse_kl(dataloader)
         self._finite_check.warn_after_evaluation(metric_key_prefix)
         distillation = self._eval_metrics.summarize(self._reduce_sum, prefix=f"{metric_key_prefix}_", objective=True)
         output.metrics.update(distillation)
@@ -327,12 +375,26 @@ class DistillationTrainer(PublishingMixin, Trainer):
             output.metrics[f"{metric_key_prefix}_loss"] = distillation[f"{metric_key_prefix}_distillation_loss"]
         return output
 
+    def _on_policy_reverse_kl(self, dataloader) -> float | None:
+        """The student's greedy completions of the eval prompts, scored with reverse KL at T=1 (on_policy/evaluation.py)."""
+        self.model.eval()
+
+        def score(batch: dict[str, Any]) -> ObjectiveSums:
+            with torch.no_grad(), self.compute_loss_context_manager():
+                return self._batch_sums(self.model, batch, None, objective=REVERSE_KL)[0]
+
+        return on_policy_reverse_kl(
+            dataloader, self._on_policy, self.model_wrapped, self.accelerator, score, self._reduce_sum
+        )
+
     # ---- logging ----
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log line: add the terms accumulated since the previous one
             logs.update(self._train_metrics.summarize(self._reduce_sum))
             self._train_metrics = DistillationMetrics.zeros(self.args.device)
+            if self._trains_on_policy:  # steps of each kind, completion lengths, the time split
+                logs.update(self._on_policy.log_fields(self._reduce_sum, self.accelerator.num_processes))
         super().log(logs, start_time)
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -359,6 +421,15 @@ class DistillationTrainer(PublishingMixin, Trainer):
         """How this run sums a model's label loss (the objective's CE term), to score another model alike."""
         return LabelLoss(self.kd_objective, self._shift_labels, self._mask_column())
 
+    def lineage(self) -> Lineage:
+        """The record of `PublishingMixin.lineage`, with the on-policy fraction and generation settings in its
+        objective when some steps generate."""
+        record = super().lineage()
+        settings = OnPolicySettings.from_args(self.args)
+        record.objective = {**record.objective, **settings.record()}
+        record.objective["description"] += settings.describe()
+        return record
+
     def memory_plan(self) -> MemoryPlan:
         """What one process will hold against its device's memory (see `hf_distill.preflight`); nothing is allocated."""
         return memory_plan(self)
@@ -379,5 +450,6 @@ class DistillationTrainer(PublishingMixin, Trainer):
             logger.info(
                 f"distilling {self.teacher.describe()} into {type(unwrap_peft(self.model)).__name__} "
                 f"({student:.2f}M parameters, {trainable:.2f}M trainable); {self.kd_objective.describe()}"
+                f"{OnPolicySettings.from_args(self.args).describe()}"
             )
         return super().train(*args, **kwargs)

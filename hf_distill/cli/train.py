@@ -83,7 +83,8 @@ def load_data(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any, Any, dict[str, 
     """Train and eval datasets, their collator, and the head's loading arguments (labels of a classifier)."""
     if recipe.task == "causal_lm":
         train, evaluation = causal_lm_datasets(recipe.data, tokenizer)
-        if len({len(ids) for ids in train["input_ids"]}) > 1:  # tokenized rows of their own lengths: pad them
+        lengths = {len(ids) for split in (train, evaluation) if split is not None for ids in split["input_ids"]}
+        if len(lengths) > 1:  # rows of their own lengths (formatted or tokenized rows), in either split: pad them
             return train, evaluation, DataCollatorForSeq2Seq(tokenizer, padding=True), {}
         return train, evaluation, default_data_collator, {}
     train, evaluation, names = classification_datasets(recipe.data, tokenizer)
