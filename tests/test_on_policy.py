@@ -423,3 +423,16 @@ def test_eval_on_policy_reverse_kl_equals_a_reference(training_args):
         model=student, teacher_model=teacher, args=args, eval_dataset=Dataset.from_list(rows), data_collator=collate
     )
     assert "eval_on_policy_reverse_kl" not in trainer.evaluate()
+
+
+def test_compare_with_teacher_in_an_on_policy_run_compares_a_task_metric_not_the_students_own(training_args):
+    # The on-policy metric scores the student against the teacher: the teacher has none to compare it with.
+    torch.manual_seed(0)
+    student, teacher = llama(32, 1), llama(64, 2)
+    rows = prompt_rows(4, seed=3)
+    args = training_args(per_device_eval_batch_size=2, eval_on_policy=True, max_new_tokens=MAX_NEW)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, eval_dataset=Dataset.from_list(rows), data_collator=collate
+    )
+    comparison = trainer.compare_with_teacher()
+    assert comparison["metric"] is None or comparison["metric"]["name"] != "on_policy_reverse_kl"

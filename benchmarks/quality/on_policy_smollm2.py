@@ -1,7 +1,7 @@
 """On-policy vs off-policy distillation on real text: SmolLM2-135M-Instruct grades a 6-layer student cut from its
 layers that continues 32-token prompts from Hamlet.
 
-    python benchmarks/quality/on_policy_smollm2.py                        # 3 arms, 20 steps each, seed 0
+    python benchmarks/quality/on_policy_smollm2.py --card-dir benchmarks/quality/cards   # 3 arms, 20 steps, seed 0
     python benchmarks/quality/on_policy_smollm2.py --steps 2 --eval-prompts 4 --max-new-tokens 8   # smoke size
 
 Three arms from the same initial student, the same steps, batch and learning rate, reverse KL as the divergence:
@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
+import os
+import shutil
 import tempfile
 import time
 
@@ -34,7 +37,9 @@ LAYERS = [0, 6, 12, 18, 24, 29]
 ARMS = {"off-policy": 0.0, "mixed 0.5": 0.5, "on-policy": 1.0}
 
 
-def run(steps: int, eval_prompts: int, max_new_tokens: int, seed: int) -> dict[str, dict[str, float]]:
+def run(
+    steps: int, eval_prompts: int, max_new_tokens: int, seed: int, card_dir: str | None = None
+) -> dict[str, dict[str, float]]:
     """`{arm: {"on_policy_reverse_kl": ..., "continuation_forward_kl": ..., "seconds": ...}}` after `steps` steps."""
     path = resolve_packaged_model("packaged:smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -46,7 +51,9 @@ def run(steps: int, eval_prompts: int, max_new_tokens: int, seed: int) -> dict[s
     results = {}
     for arm, fraction in ARMS.items():
         torch.manual_seed(seed)
-        with tempfile.TemporaryDirectory() as out:
+        name = f"smollm2-6l-hamlet-on-policy-{fraction:g}-seed{seed}"
+        with tempfile.TemporaryDirectory() as scratch:
+            out = os.path.join(scratch, name)  # the card is titled by the output folder's name
             args = DistillationConfig(
                 output_dir=out,
                 kd_loss="reverse_kl",
@@ -83,8 +90,18 @@ def run(steps: int, eval_prompts: int, max_new_tokens: int, seed: int) -> dict[s
             seconds = time.perf_counter() - start
             on_policy = trainer.evaluate()["eval_on_policy_reverse_kl"]
             # The off-policy view of the same student: forward KL to the teacher on the play's own continuations.
-            trainer.kd_objective = type(trainer.kd_objective)(kd_loss="forward_kl", kd_weight=1.0, ce_weight=0.0)
+            trained_with, trainer.kd_objective = (
+                trainer.kd_objective,
+                dataclasses.replace(trainer.kd_objective, kd_loss="forward_kl"),
+            )
             continuation = trainer.evaluate(metric_key_prefix="cont")["cont_kd_loss"]
+            trainer.kd_objective = trained_with  # the card records the objective the student trained with
+            if card_dir:  # the student's card: its lineage (objective, on-policy fraction, generation settings)
+                trainer.compare_with_teacher(dataset_name="Hamlet, last 5% (scattertext)")
+                trainer.save_model()
+                trainer.create_model_card()
+                os.makedirs(card_dir, exist_ok=True)
+                shutil.copy(os.path.join(out, "README.md"), os.path.join(card_dir, f"{name}.md"))
         results[arm] = {"on_policy_reverse_kl": on_policy, "continuation_forward_kl": continuation, "seconds": seconds}
     return results
 
@@ -96,8 +113,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--card-dir", help="copy each distilled student's model card here")
     options = parser.parse_args()
-    results = run(options.steps, options.eval_prompts, options.max_new_tokens, options.seed)
+    results = run(options.steps, options.eval_prompts, options.max_new_tokens, options.seed, options.card_dir)
     print(f"\n{options.steps} steps × 4 prompts, {options.eval_prompts} held-out prompts, seed {options.seed}\n")
     print("| arm | reverse KL on own greedy completions | forward KL on held-out continuations | train time |")
     print("|---|---|---|---|")

@@ -28,6 +28,7 @@ _BOOKKEEPING = (
     "kd_loss",
     "ce_loss",
     "agreement",
+    "on_policy_reverse_kl",  # a distillation metric of the student alone (hf_distill.on_policy), not a task metric
     "runtime",
     "samples_per_second",
     "steps_per_second",
