@@ -201,7 +201,12 @@ def test_prompt_only_rows_with_off_policy_steps_are_refused(training_args):
         make_trainer(training_args, llama(), llama(64, 2), rows, on_policy_fraction=0.5)
     # the same rows as a plain list (no column names to read): refused at the first off-policy step
     trainer = make_trainer(training_args, llama(), llama(64, 2), rows, on_policy_fraction=0.5, plain_list=True)
-    with pytest.raises(ValueError, match="Optimizer step 0 is off-policy but its batch has no `labels`"):
+    with pytest.raises(ValueError, match="Optimizer step 0 is off-policy but its batch has no label to learn"):
+        trainer.train()
+    # prompt-only rows as hf_distill.data writes them: a labels column of -100 only (nothing to learn off-policy)
+    all_prompt = [{**r, "labels": [-100] * len(r["input_ids"])} for r in rows]
+    trainer = make_trainer(training_args, llama(), llama(64, 2), all_prompt, on_policy_fraction=0.5)
+    with pytest.raises(ValueError, match="Optimizer step 0 is off-policy but its batch has no label to learn"):
         trainer.train()
     # fully on-policy, prompt-only rows train
     make_trainer(training_args, llama(), llama(64, 2), rows, on_policy_fraction=1.0)
@@ -436,3 +441,18 @@ def test_compare_with_teacher_in_an_on_policy_run_compares_a_task_metric_not_the
     )
     comparison = trainer.compare_with_teacher()
     assert comparison["metric"] is None or comparison["metric"]["name"] != "on_policy_reverse_kl"
+
+
+def test_generation_stops_where_the_students_generate_stops():
+    # A chat model's generation config lists its end-of-turn token beside EOS; the tokenizer knows only EOS.
+    from types import SimpleNamespace
+
+    from hf_distill.on_policy.steps import _special_ids
+
+    student = llama()
+    student.generation_config.eos_token_id = [2, 7]
+    tokenizer = SimpleNamespace(eos_token_id=2, pad_token_id=0)
+    assert _special_ids(student, tokenizer, {}) == (0, [2, 7])  # pad from the tokenizer, stops from generate's config
+    assert _special_ids(student, tokenizer, {"eos_token_id": 5}) == (0, 5)  # generation_kwargs first
+    student.generation_config.eos_token_id = None
+    assert _special_ids(student, tokenizer, {}) == (0, 2)

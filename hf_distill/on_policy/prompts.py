@@ -68,7 +68,8 @@ def extract_prompts(batch: dict[str, Any], pad_token_id: int) -> Prompts:
             raise ValueError(
                 f"Row {row} of this batch has no prompt: its first token already has a label. On-policy steps "
                 "generate from the prompt, the leading run of -100 labels (label the prompt tokens -100, or use a "
-                "prompt-completion / conversational dataset format)."
+                "prompt-completion / conversational dataset format). Evaluation rows of plain text: set "
+                "eval_on_policy=False to evaluate them without the on-policy metric."
             )
         rows.append(input_ids[row, real[:length]])
     width = max(r.numel() for r in rows)

@@ -85,11 +85,11 @@ class OnPolicySteps:
         self.kind = step_kind(step, self.settings.on_fraction, self.settings.teacher_fraction)
         self.metrics.count_step(self.kind)
         if self.kind == OFF_POLICY:
-            if self.settings.trains and any("labels" not in batch for batch in batches):
+            if self.settings.trains and any(_no_targets(batch) for batch in batches):
                 raise ValueError(
-                    f"Optimizer step {step} is off-policy but its batch has no `labels` (prompt-only rows): it would "
-                    "train on the prompts themselves. Set on_policy_fraction + teacher_generation_fraction = 1, or "
-                    "give prompt-completion rows (labels -100 on the prompt)."
+                    f"Optimizer step {step} is off-policy but its batch has no label to learn (no `labels`, or only "
+                    "-100: prompt-only rows), so the step would train on nothing. Set on_policy_fraction + "
+                    "teacher_generation_fraction = 1, or give prompt-completion rows (labels -100 on the prompt)."
                 )
             return batches
         rank = accelerator.process_index
@@ -168,13 +168,19 @@ def _as_list(ids: Any) -> list[int]:
 
 
 def _special_ids(student: nn.Module, tokenizer: Any, kwargs: dict[str, Any]) -> tuple[int, Any]:
-    """`(pad_token_id, eos_token_id)` of the generation: `generation_kwargs` first, then the tokenizer, then the
-    student's generation config and config. A model without a pad id pads with its EOS (as `generate` does)."""
+    """`(pad_token_id, eos_token_id)` of the generation: `generation_kwargs` first; then for EOS the student's
+    generation config (where `model.generate` reads its stop tokens, e.g. a chat model's end-of-turn), the tokenizer
+    and the config; for padding the tokenizer (what the collator pads with), the generation config and the config. A
+    model without a pad id pads with its EOS (as `generate` does)."""
     model = unwrap_peft(student)
-    sources = [kwargs, tokenizer, getattr(model, "generation_config", None), getattr(model, "config", None)]
+    generation_config, config = getattr(model, "generation_config", None), getattr(model, "config", None)
+    order = {
+        "eos_token_id": [kwargs, generation_config, tokenizer, config],
+        "pad_token_id": [kwargs, tokenizer, generation_config, config],
+    }
 
     def first(name: str) -> Any:
-        for source in sources:
+        for source in order[name]:
             value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
             if value is not None:
                 return value
@@ -185,3 +191,10 @@ def _special_ids(student: nn.Module, tokenizer: Any, kwargs: dict[str, Any]) -> 
     if pad is None:
         pad = _as_list(eos)[0] if _as_list(eos) else 0  # masked out everywhere, so any id pads
     return int(pad), eos
+
+
+def _no_targets(batch: dict) -> bool:
+    """A batch with nothing to learn off-policy: no `labels`, or only -100 (prompt-only rows as
+    `hf_distill.data.tokenize_for_distillation` writes them)."""
+    labels = batch.get("labels")
+    return labels is None or not bool((labels != -100).any())

@@ -66,7 +66,8 @@ class SharedBaseModel(nn.Module):
             student.train(was_training)
 
     def describe(self) -> str:
-        return f"the student's base model with its adapters disabled ({short_name(self.config)})"
+        name = short_name(self.config)  # empty for a model built from a config
+        return "the student's base model with its adapters disabled" + (f" ({name})" if name else "")
 
 
 class SharedBaseTeacher(LiveTeacher):
