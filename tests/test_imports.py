@@ -31,3 +31,18 @@ def test_the_walk_finds_every_file_of_the_package():
 def test_module_imports(name):
     module = importlib.import_module(name)
     assert module.__name__ == name
+
+
+def test_the_documented_imports_keep_working():
+    # What README and the docstrings tell users to import, unchanged by the package's reorganisation.
+    import hf_distill
+    from hf_distill import losses, task_metrics
+
+    for name in (
+        "DistillationConfig", "DistillationTrainer", "Seq2SeqDistillationConfig", "Seq2SeqDistillationTrainer",
+        "TeacherCache", "TeacherOutput", "cache_teacher", "load_teacher_cache", "read_lineage", "Lineage",
+        "LineageError", "LineageNotFoundError", "PulledLineage", "LicensePolicyError",
+    ):  # fmt: skip
+        assert callable(getattr(hf_distill, name)) or isinstance(getattr(hf_distill, name), type), name
+    assert callable(losses.per_token_divergence) and callable(task_metrics.accuracy_metrics)
+    assert callable(task_metrics.perplexity_metrics)
