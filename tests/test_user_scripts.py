@@ -231,3 +231,63 @@ def test_run_clm_shape_with_push_to_hub_in_the_arguments_pushes_once_per_call(tm
     for name, content in final.items():
         assert HUB_TOKEN.encode() not in content and str(tmp_path).encode() not in content, name
     assert b"acknowledge" in final["README.md"].lower()
+
+
+def _on_policy_files(root: Path) -> dict[str, str]:
+    files = user_assets.clm_folders(root)  # student and teacher Llamas sharing a word tokenizer
+    for name in ("student", "teacher"):  # completions end with EOS: the pad token doubles as EOS, as users often set
+        tokenizer = AutoTokenizer.from_pretrained(files[name])
+        tokenizer.eos_token = tokenizer.pad_token
+        tokenizer.save_pretrained(files[name])
+    for split, n, seed in (("train", 16, 0), ("validation", 4, 1)):
+        rows = [{"prompt": text[: text.index(" ", 6)], "completion": text[text.index(" ", 6) :]} for text in
+                user_assets.sentences(n, 12, seed)]  # fmt: skip
+        path = root / f"{split}.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        files[f"{split}_jsonl"] = str(path)
+    return files
+
+
+def test_on_policy_script_with_flags_and_gradient_accumulation(tmp_path):
+    files = _on_policy_files(tmp_path)
+    out = tmp_path / "out"
+    args = [
+        "--model_name_or_path", files["student"], "--teacher_name_or_path", files["teacher"],
+        "--train_file", files["train_jsonl"], "--validation_file", files["validation_jsonl"], "--output_dir", str(out),
+        "--kd_loss", "reverse_kl", "--on_policy_fraction", "0.5", "--max_new_tokens", "4",
+        "--generation_temperature", "0.7", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+        "--max_steps", "4", "--logging_steps", "2", "--save_strategy", "no", *COMMON,
+    ]  # fmt: skip
+    run_script("distill_on_policy.py", args, tmp_path)
+    eval_metrics = json.loads((out / "eval_results.json").read_text())
+    assert math.isfinite(eval_metrics["eval_on_policy_reverse_kl"]) and eval_metrics["eval_on_policy_reverse_kl"] >= 0
+    logs = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert [e["on_policy_steps"] for e in logs] == [1, 1]  # steps 0-1 then 2-3: one on-policy step in each window
+    assert all(math.isfinite(e["loss"]) and 0 < e["generated_length"] <= 4 for e in logs)
+    lineage = json.loads((out / "distillation_lineage.json").read_text())
+    assert (
+        lineage["objective"]["on_policy_fraction"] == 0.5 and lineage["objective"]["generation"]["temperature"] == 0.7
+    )
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--on_policy_fraction", "1.5"], "on_policy_fraction"),
+        (["--on_policy_fraction", "0.6", "--teacher_generation_fraction", "0.6"], "teacher_generation_fraction"),
+        (["--generation_kwargs", '{"bad_key": 1}'], "bad_key"),
+        (["--max_new_tokens", "0"], "max_new_tokens"),
+    ],
+)
+def test_on_policy_script_mistakes_end_with_one_line_naming_the_flag(tmp_path, flags, named):
+    files = _on_policy_files(tmp_path)
+    args = [
+        "--model_name_or_path", files["student"], "--teacher_name_or_path", files["teacher"],
+        "--train_file", files["train_jsonl"], "--validation_file", files["validation_jsonl"],
+        "--output_dir", str(tmp_path / "out"), "--max_steps", "1", *flags, *COMMON,
+    ]  # fmt: skip
+    run = run_script("distill_on_policy.py", args, tmp_path, expect_ok=False)
+    assert run.returncode != 0
+    last = (run.stderr.strip().splitlines() or [""])[-1]
+    assert named in last, run.stderr[-3000:]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing trained or written
