@@ -10,11 +10,14 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, TrainingArguments
 
-from .losses import DIVERGENCES, KDObjective
+from .losses import CROSS_TOKENIZER_METHODS, DIVERGENCES, KDObjective
 
 # The fields a plain `TrainingArguments` lacks. Their defaults here are *the* documented defaults: a trainer built
 # with plain `TrainingArguments` reads them from this class, so the two can never disagree.
 _OBJECTIVE_FIELDS = tuple(f.name for f in fields(KDObjective))
+# `auto` resolves to the default method (`cross_tokenizer_method`).
+CROSS_TOKENIZER_CHOICES = ("auto", *CROSS_TOKENIZER_METHODS)
+DEFAULT_CROSS_TOKENIZER_METHOD = "chunk"
 
 
 @dataclass
@@ -39,6 +42,17 @@ class DistillationConfig(TrainingArguments):
             Teacher to load when the trainer is given no `teacher_model`: a Hub id or a local folder.
         teacher_trust_remote_code (`bool`, *optional*, defaults to `False`):
             Allow the teacher's repository to run its own Python code when loading. Off unless you turn it on.
+        cross_tokenizer (`str`, *optional*):
+            Distil from a teacher whose tokenizer differs from the student's (causal LMs). `None` (default) refuses
+            such a teacher. Otherwise the teacher reads the same text tokenized by its own tokenizer, the two
+            tokenizations are aligned on the byte offsets where both end a token, and the KD term compares the models
+            through that alignment: `"exact"` compares both next-token distributions where a chunk of text starts,
+            over the tokens whose bytes exist in both vocabularies (plus one bucket for the rest); `"chunk"` adds the
+            likelihood of every chunk either tokenizer splits into several tokens (in the spirit of ALM, Minixhofer et
+            al. 2025); `"uld"` is the Universal Logit Distillation baseline (Boizard et al. 2024: L1 distance between
+            the sorted probability vectors). `"auto"` picks `"chunk"` (README, "Different tokenizers", has the
+            measurements). Needs both tokenizers: the student's `processing_class`, the teacher's from its folder or
+            `teacher_processing_class`.
         kd_loss (`str`, *optional*, defaults to `"forward_kl"`):
             Divergence D: `forward_kl` KL(p_t ‖ p_s), `reverse_kl` KL(p_s ‖ p_t), `jsd`, `tvd`, `skew_forward_kl`,
             `skew_reverse_kl`.
@@ -145,6 +159,14 @@ class DistillationConfig(TrainingArguments):
     teacher_trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Let the teacher's repository run its own Python code when loading. Off by default."},
+    )
+    cross_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "Distil from a teacher with a different tokenizer: auto, exact, chunk or uld (None refuses such "
+            "a teacher). The two tokenizations of the same text are aligned by byte offsets.",
+            "choices": list(CROSS_TOKENIZER_CHOICES),
+        },
     )
     kd_loss: str = field(
         default="forward_kl",
@@ -290,6 +312,7 @@ class DistillationConfig(TrainingArguments):
         if self.kd_chunk_size is not None and self.kd_chunk_size < 0:
             raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be >= 0 (0 = off, None = automatic).")
         _check_generation_fields(self)
+        cross_tokenizer_method(self)
 
     def kd_objective(self) -> KDObjective:
         """The loss these arguments describe."""
@@ -323,6 +346,7 @@ _OPTIONAL_STR_FIELDS = (
     "teacher_cache",
     "teacher_deepspeed_config",
     "teacher_dtype",
+    "cross_tokenizer",
 )
 
 
@@ -489,3 +513,20 @@ def distillation_setting(args: TrainingArguments, name: str) -> Any:
 def kd_objective_from_args(args: TrainingArguments) -> KDObjective:
     """Build (and so validate) the objective from `DistillationConfig` or plain `TrainingArguments`."""
     return KDObjective(**{name: distillation_setting(args, name) for name in _OBJECTIVE_FIELDS})
+
+
+def cross_tokenizer_method(args: TrainingArguments) -> str | None:
+    """The cross-tokenizer method these arguments ask for (`"auto"` resolved), `None` when it is off.
+
+    Raises:
+        `ValueError`: for a value that is not one of `CROSS_TOKENIZER_CHOICES`, naming the field.
+    """
+    value = distillation_setting(args, "cross_tokenizer")
+    if value is None:
+        return None
+    if value not in CROSS_TOKENIZER_CHOICES:
+        raise ValueError(
+            f"cross_tokenizer={value!r} is not a method; use one of {', '.join(CROSS_TOKENIZER_CHOICES)}, or leave "
+            "it unset when teacher and student share a tokenizer."
+        )
+    return DEFAULT_CROSS_TOKENIZER_METHOD if value == "auto" else value

@@ -100,7 +100,7 @@ def source_of(name_or_path: str, revision: str | None = None) -> dict[str, Any]:
             "package": f"{info['package']}=={_version(info['package'])}",
             "upstream": info["upstream"],
             "note": info["note"],
-            "weights_sha256": weights_sha256(folder),
+            "weights_sha256": assets.packaged_weights_sha256(name_or_path) or weights_sha256(folder),
             "weights_bytes": weights_bytes(loaded),
             "license": {"id": info["license"]},
         }

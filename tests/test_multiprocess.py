@@ -15,6 +15,7 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_parity.py")
 SHARDED_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "sharded_parity.py")
 DDP_CHECKS_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_checks.py")
 ON_POLICY_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "on_policy_parity.py")
+CROSS_TOKENIZER_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "cross_tokenizer_parity.py")
 ZERO3_CONFIG = os.path.join(os.path.dirname(__file__), "scripts", "ds_zero3.json")
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 
@@ -58,6 +59,17 @@ def test_two_processes_match_one_process(tmp_path, one_process):
     double = str(tmp_path / "two" / "out.pt")
     _run([*LAUNCH_TWO, SCRIPT, double, "2", "2"])
     one, two = one_process, torch.load(double)
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    _assert_same_training(one, two)
+
+
+@pytest.mark.multiprocess
+def test_two_processes_match_one_process_across_tokenizers(tmp_path):
+    """Each process aligns its own batches; the KD term over aligned chunks normalises over the global batch."""
+    one, two = str(tmp_path / "one" / "out.pt"), str(tmp_path / "two" / "out.pt")
+    _run([sys.executable, CROSS_TOKENIZER_SCRIPT, one, "4", "1", "chunk"])
+    _run([*LAUNCH_TWO, CROSS_TOKENIZER_SCRIPT, two, "2", "2", "chunk"])
+    one, two = torch.load(one), torch.load(two)
     assert (one["world_size"], two["world_size"]) == (1, 2)
     _assert_same_training(one, two)
 

@@ -35,7 +35,7 @@ PARITY_ARGS = {
 }
 
 
-def llama(hidden=32, layers=1, vocab=VOCAB):
+def llama(hidden=32, layers=1, vocab=VOCAB, max_positions=64):
     config = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -43,7 +43,7 @@ def llama(hidden=32, layers=1, vocab=VOCAB):
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=64,
+        max_position_embeddings=max_positions,
         pad_token_id=0,
     )
     return LlamaForCausalLM(config)

@@ -38,6 +38,8 @@ def cache_recipe(recipe: Recipe) -> dict[str, Any]:
             shard_size=spec.shard_size,
             collator=collator,
             tokenizer=tokenizer,
+            # `cache.teacher_tokenized: true`: rows of the teacher's own tokens, for students of any tokenizer
+            teacher_tokenized=bool(getattr(spec, "teacher_tokenized", False)),
         )
         size = info.bytes_on_disk(folder)
         results[split] = {"folder": folder, "rows": info.total_rows, "positions": info.tokens, "bytes": size}

@@ -48,6 +48,8 @@ class StudentSpec:
     """`student:` section."""
 
     init: str = "teacher_layers"  # teacher_layers: keep `layers` of the teacher; pretrained: load model_name_or_path
+    # teacher_layers: the teacher's layers to keep; pretrained: optional, the layers of model_name_or_path to keep (a
+    # cut of another model, e.g. a student with its own tokenizer for `args.cross_tokenizer`)
     layers: list[int] = field(default_factory=list)
     model_name_or_path: str | None = None
     trust_remote_code: bool = False
@@ -333,16 +335,42 @@ def _check_adapter_student(path: str, recipe: Recipe) -> None:
         raise ValueError(f"{path}: student.quantization={quantization!r}; use 4bit, 8bit or leave it out.")
     if quantization and recipe.student.init != "pretrained":
         raise ValueError(f"{path}: student.quantization={quantization} needs student.init=pretrained.")
+    if quantization and recipe.student.layers:
+        raise ValueError(
+            f"{path}: student.layers={recipe.student.layers!r} cuts a full-precision model and "
+            f"student.quantization={quantization} loads a 4/8-bit one; use one of them."
+        )
     if quantization and recipe.peft is None:
         raise ValueError(f"{path}: student.quantization={quantization} trains adapters only; add a `peft` section.")
-    if (
-        recipe.peft is not None
-        and recipe.student.init == "teacher_layers"
-        and not recipe.args.get("merge_adapter_on_save")
-    ):
+    if recipe.peft is not None and recipe.student.layers and not recipe.args.get("merge_adapter_on_save"):
+        built = "teacher layers" if recipe.student.init == "teacher_layers" else "student.layers of its model"
         raise ValueError(
-            f"{path}: a `peft` student built from teacher layers has a base that exists nowhere else, so an adapter "
-            "alone could not be loaded; set `args.merge_adapter_on_save: true` (or use student.init=pretrained)."
+            f"{path}: a `peft` student built from {built} has a base that exists nowhere else, so an adapter "
+            "alone could not be loaded; set `args.merge_adapter_on_save: true` (or use student.init=pretrained "
+            "without student.layers)."
+        )
+
+
+def _check_cross_tokenizer(path: str, recipe: Recipe) -> None:
+    """`args.cross_tokenizer` distils into a causal LM student with a tokenizer of its own."""
+    method = recipe.args.get("cross_tokenizer")
+    if method is None:
+        return
+    if recipe.task != "causal_lm":
+        raise ValueError(
+            f"{path}: args.cross_tokenizer={method} distils causal language models; task={recipe.task}: remove it."
+        )
+    if recipe.student.init != "pretrained":
+        raise ValueError(
+            f"{path}: args.cross_tokenizer={method} distils into a student with its own tokenizer, but "
+            f"student.init={recipe.student.init} copies the teacher (and its tokenizer); use student.init=pretrained "
+            "with student.model_name_or_path (and student.layers to keep some of its layers), or remove "
+            "args.cross_tokenizer."
+        )
+    if recipe.args.get("teacher_cache"):
+        raise ValueError(
+            f"{path}: args.teacher_cache is not supported with args.cross_tokenizer={method} by hf-distill train "
+            "(a cache of `hf-distill cache-teacher` holds the teacher's scores of rows in its own tokens); remove one."
         )
 
 
@@ -541,7 +569,10 @@ def _load_recipe(path: str, overrides: list[tuple[str, str]] | None) -> Recipe:
         raise ValueError(f"{path}: student.init=pretrained needs `student.model_name_or_path`.")
     if recipe.student.init == "teacher_layers" and not recipe.student.layers:
         raise ValueError(f"{path}: student.init=teacher_layers needs `student.layers`, e.g. [0, 6, 12, 18, 24, 29].")
+    if len(set(recipe.student.layers)) != len(recipe.student.layers):
+        raise ValueError(f"{path}: student.layers={recipe.student.layers!r} repeats a layer; list each one once.")
     _check_adapter_student(path, recipe)
+    _check_cross_tokenizer(path, recipe)
     if (recipe.data.text_file is None) == (recipe.data.dataset is None):
         raise ValueError(f"{path}: set exactly one of `data.text_file` and `data.dataset`.")
     return recipe

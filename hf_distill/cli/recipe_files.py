@@ -1,7 +1,7 @@
 """A recipe's files and folders, checked before anything is loaded: the teacher's and student's folders, the data
-files, the teacher cache, DeepSpeed configs, `student.layers` against the teacher's `config.json`, and `output_dir`
-against the folders the run reads. `hf-distill train` runs this right after `load_recipe`, so a wrong path is one
-line, not a traceback after minutes of loading."""
+files, the teacher cache, DeepSpeed configs, `student.layers` against the `config.json` of the model they are cut
+from, and `output_dir` against the folders the run reads. `hf-distill train` runs this right after `load_recipe`, so
+a wrong path is one line, not a traceback after minutes of loading."""
 
 from __future__ import annotations
 
@@ -58,20 +58,24 @@ def _readable_config(name: str | None) -> dict[str, Any] | None:
     return config if isinstance(config, dict) else None
 
 
-def _check_teacher_layers(recipe: Recipe) -> None:
-    """`student.layers` within the teacher's `num_hidden_layers`, when its config can be read without loading it."""
-    if recipe.student.init != "teacher_layers" or not recipe.student.layers:
+def _check_student_layers(recipe: Recipe) -> None:
+    """`student.layers` within the `num_hidden_layers` of the model they are cut from (the teacher, or the pretrained
+    student's `model_name_or_path`), when its config can be read without loading it."""
+    if not recipe.student.layers:
         return
-    config = _readable_config(recipe.teacher.model_name_or_path) or {}
+    if recipe.student.init == "teacher_layers":
+        role, name = "teacher", recipe.teacher.model_name_or_path
+    else:
+        role, name = "student model", recipe.student.model_name_or_path
+    config = _readable_config(name) or {}
     count = next((config[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if k in config), None)
     if isinstance(count, bool) or not isinstance(count, int):
         return
     bad = [i for i in recipe.student.layers if i >= count]
     if bad:
         raise ValueError(
-            f"student.layers={recipe.student.layers!r}: the teacher {recipe.teacher.model_name_or_path!r} has {count} "
-            f"layers (num_hidden_layers in its config.json), so {', '.join(map(str, bad))} is out of range; use "
-            f"indices in [0, {count - 1}]."
+            f"student.layers={recipe.student.layers!r}: the {role} {name!r} has {count} layers (num_hidden_layers in "
+            f"its config.json), so {', '.join(map(str, bad))} is out of range; use indices in [0, {count - 1}]."
         )
 
 
@@ -98,7 +102,8 @@ def _check_output_dir(recipe: Recipe) -> None:
 
 def check_recipe_files(path: str, recipe: Recipe) -> None:
     """Refuse a recipe that names a missing local file or folder (teacher, student, text, data files, teacher cache,
-    DeepSpeed config), `student.layers` beyond the teacher's layers (when its `config.json` is on disk), or an
+    DeepSpeed config), `student.layers` beyond the layers of the model they are cut from (when its
+    `config.json` is on disk), or an
     `args.output_dir` equal to or inside the teacher's, the student's or the teacher cache's folder, before anything
     is loaded. Hub ids and packaged assets are left to their loaders (offline, a Hub id may only be in the local
     cache).
@@ -129,7 +134,7 @@ def check_recipe_files(path: str, recipe: Recipe) -> None:
             value = recipe.args.get(name)
             if isinstance(value, str):
                 _check_file(value, f"args.{name}")
-        _check_teacher_layers(recipe)
+        _check_student_layers(recipe)
         _check_output_dir(recipe)
     except ValueError as error:
         raise RecipeError(_one_line(path, error)) from error

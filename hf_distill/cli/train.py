@@ -17,6 +17,7 @@ from transformers import (
 
 from .. import _packaged as assets
 from .._logging import get_logger
+from ..config import cross_tokenizer_method
 from ..hub.comparison import evaluate_model
 from ..hub.licenses import LicensePolicyError
 from ..modeling.adapters import is_peft_model, require_bitsandbytes
@@ -24,7 +25,7 @@ from ..modeling.heads import head_kind_of_task
 from ..modeling.student_init import student_from_teacher_layers
 from ..offline.cache import CACHE_COLUMNS, CACHE_INFO_FILE, cache_rows, load_teacher_cache
 from ..preflight import MemoryPlan
-from ..provenance import record_source, source_of
+from ..provenance import model_source, record_source, source_of
 from ..task_metrics import accuracy_metrics, label_log_probs, perplexity_metrics
 from ..teacher.loading import load_teacher
 from ..trainer import DistillationTrainer
@@ -42,7 +43,10 @@ def _local_path(name: str) -> str:
 
 def metric_arguments(recipe: Recipe) -> dict[str, Any]:
     """The trainer arguments that score a model on the recipe's task with `evaluate` modules: accuracy for
-    classification, perplexity (from the label tokens' log-probs) for causal LM."""
+    classification, perplexity (from the label tokens' log-probs) for causal LM; none across tokenizers, where the
+    trainer's own evaluation reports bits per byte for teacher and student."""
+    if recipe.args.get("cross_tokenizer") is not None:
+        return {}
     if recipe.task == "sequence_classification":
         return {"compute_metrics": accuracy_metrics}
     return {"compute_metrics": perplexity_metrics, "preprocess_logits_for_metrics": label_log_probs}
@@ -59,7 +63,9 @@ def evaluate_task_metric(
 
 @dataclass
 class Loaded:
-    """What a recipe loads before any training: arguments, tokenizer, models, data."""
+    """What a recipe loads before any training: arguments, tokenizers, models, data. `tokenizer` tokenized the data
+    and is the student's (the teacher's own, unless `args.cross_tokenizer` is set); `teacher_tokenizer` is the
+    teacher's."""
 
     args: Any
     tokenizer: Any
@@ -69,6 +75,11 @@ class Loaded:
     train: Any
     evaluation: Any
     collator: Any
+    teacher_tokenizer: Any = None
+
+    def __post_init__(self) -> None:
+        if self.teacher_tokenizer is None:  # one tokenizer for both
+            self.teacher_tokenizer = self.tokenizer
 
 
 def load_tokenizer(recipe: Recipe) -> tuple[str, Any]:
@@ -77,6 +88,42 @@ def load_tokenizer(recipe: Recipe) -> tuple[str, Any]:
     return teacher_path, AutoTokenizer.from_pretrained(
         teacher_path, revision=recipe.teacher.revision, trust_remote_code=recipe.teacher.trust_remote_code
     )
+
+
+def crosses_tokenizers(recipe: Recipe) -> bool:
+    """Whether the recipe distils across tokenizers (`args.cross_tokenizer` set): the data is then tokenized with the
+    student's tokenizer, and teacher and student are compared in bits per byte."""
+    return recipe.args.get("cross_tokenizer") is not None
+
+
+def load_student_tokenizer(recipe: Recipe) -> Any:
+    """The tokenizer saved with the pretrained student (`student.model_name_or_path`; a packaged model is converted
+    once)."""
+    return AutoTokenizer.from_pretrained(
+        _local_path(recipe.student.model_name_or_path), trust_remote_code=recipe.student.trust_remote_code
+    )
+
+
+def load_student(recipe: Recipe, teacher: Any, auto: Any, load_kwargs: dict[str, Any]) -> Any:
+    """The recipe's student: `student.layers` of the teacher, or the pretrained `student.model_name_or_path` (with
+    only its `student.layers` kept, when given), its source recorded for the lineage."""
+    if recipe.student.init == "teacher_layers":
+        return student_from_teacher_layers(teacher, recipe.student.layers)
+    if recipe.student.quantization:
+        bits = {"4bit": {"load_in_4bit": True}, "8bit": {"load_in_8bit": True}}[recipe.student.quantization]
+        load_kwargs = {**load_kwargs, "quantization_config": BitsAndBytesConfig(**bits)}
+    name = recipe.student.model_name_or_path
+    student_path = _local_path(name)
+    student = auto.from_pretrained(student_path, trust_remote_code=recipe.student.trust_remote_code, **load_kwargs)
+    folder = student_path if os.path.isdir(student_path) else None
+    record_source(student, source_of(name), folder)
+    if not recipe.student.layers:
+        return student
+    # A cut of the pretrained model, not of the teacher: its lineage is a `pretrained` init naming the model the
+    # weights came from (checked against its checkpoint by the cut) and the layers kept, never `teacher_layers`.
+    cut = student_from_teacher_layers(student, recipe.student.layers)
+    source = {key: value for key, value in model_source(cut).items() if key != "init"}
+    return record_source(cut, source, folder)
 
 
 def load_data(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
@@ -115,24 +162,14 @@ def load_recipe_parts(recipe: Recipe) -> Loaded:
     if recipe.student.quantization:  # before anything is loaded
         require_bitsandbytes(f"student.quantization={recipe.student.quantization}")
     auto = head_kind_of_task(recipe.task).auto_class
-    teacher_path, tokenizer = load_tokenizer(recipe)
+    teacher_path, teacher_tokenizer = load_tokenizer(recipe)
+    # Across tokenizers the rows are the student's tokens: the trainer re-tokenizes their text for the teacher.
+    tokenizer = load_student_tokenizer(recipe) if crosses_tokenizers(recipe) else teacher_tokenizer
     train, evaluation, collator, load_kwargs = load_data(recipe, tokenizer)
     teacher = load_teacher_model(recipe, **load_kwargs)
-    if recipe.student.init == "teacher_layers":
-        student = student_from_teacher_layers(teacher, recipe.student.layers)
-    else:
-        if recipe.student.quantization:
-            bits = {"4bit": {"load_in_4bit": True}, "8bit": {"load_in_8bit": True}}[recipe.student.quantization]
-            load_kwargs = {**load_kwargs, "quantization_config": BitsAndBytesConfig(**bits)}
-        student_path = _local_path(recipe.student.model_name_or_path)
-        student = auto.from_pretrained(student_path, trust_remote_code=recipe.student.trust_remote_code, **load_kwargs)
-        record_source(
-            student,
-            source_of(recipe.student.model_name_or_path),
-            student_path if os.path.isdir(student_path) else None,
-        )
+    student = load_student(recipe, teacher, auto, load_kwargs)
     logger.info(f"{len(train)} training and {len(evaluation)} evaluation examples")
-    return Loaded(args, tokenizer, teacher_path, teacher, student, train, evaluation, collator)
+    return Loaded(args, tokenizer, teacher_path, teacher, student, train, evaluation, collator, teacher_tokenizer)
 
 
 def _cached_eval(cache_path: str, evaluation: Any) -> Any:
@@ -157,7 +194,7 @@ def build_trainer(recipe: Recipe, loaded: Loaded) -> DistillationTrainer:
         eval_dataset=_cached_eval(cache, loaded.evaluation) if cache else loaded.evaluation,
         data_collator=loaded.collator,
         processing_class=loaded.tokenizer,
-        teacher_processing_class=loaded.tokenizer,
+        teacher_processing_class=loaded.teacher_tokenizer,
         peft_config=recipe.peft_config(),
         **metric_arguments(recipe),
     )
@@ -181,12 +218,30 @@ def recipe_memory_plan(recipe: Recipe) -> MemoryPlan:
     return build_trainer(recipe, load_recipe_parts(recipe)).memory_plan()
 
 
+# Across tokenizers: what the results say instead of perplexity, and why.
+BITS_PER_BYTE = "bits per byte (held out)"
+BITS_PER_BYTE_NOTE = (
+    "Teacher and student tokenize the text differently, so their per-token perplexities are not comparable; the "
+    "bits per byte of the same held-out text are (from the trainer's evaluation, over the text chunks both "
+    "tokenizations share)."
+)
+
+
+def _bits_per_byte(trainer: DistillationTrainer) -> tuple[float, float]:
+    """(teacher, student) held-out bits per byte, from one evaluation of the trainer (the student as it is now)."""
+    metrics = trainer.evaluate()
+    return metrics["eval_teacher_bits_per_byte"], metrics["eval_student_bits_per_byte"]
+
+
 def run_recipe(recipe: Recipe) -> dict[str, Any]:
-    """Load teacher, student and data from `recipe`, distil, save the student, and report teacher vs student.
+    """Load teacher, student and data from `recipe`, distil, save the student, and report teacher vs student:
+    perplexity (causal LM) or accuracy (classification), or bits per byte when the recipe distils across tokenizers
+    (`args.cross_tokenizer`), where per-token perplexities of the two tokenizers are not comparable.
 
     Returns:
         `dict` with the metric name and, per model, parameters, bytes on disk and metric (also written to
-        `<output_dir>/distillation_results.json`).
+        `<output_dir>/distillation_results.json`); across tokenizers also `cross_tokenizer` (the method) and
+        `metric_note`.
     """
     loaded = load_recipe_parts(recipe)
     args, teacher, student, evaluation, collator = (
@@ -197,18 +252,29 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
         loaded.collator,
     )
     teacher_path = loaded.teacher_path
+    cross = crosses_tokenizers(recipe)
 
-    metric_name = "perplexity (held out)" if recipe.task == "causal_lm" else "accuracy (held out)"
-    teacher_metric = evaluate_task_metric(teacher, recipe, evaluation, collator, args)
-    student_before = evaluate_task_metric(student, recipe, evaluation, collator, args)
-
-    trainer = build_trainer(recipe, loaded)
+    if cross:  # both values come from the trainer's evaluation, which aligns the two tokenizations
+        metric_name = BITS_PER_BYTE
+        trainer = build_trainer(recipe, loaded)
+        teacher_metric, student_before = _bits_per_byte(trainer)
+    else:
+        metric_name = "perplexity (held out)" if recipe.task == "causal_lm" else "accuracy (held out)"
+        teacher_metric = evaluate_task_metric(teacher, recipe, evaluation, collator, args)
+        student_before = evaluate_task_metric(student, recipe, evaluation, collator, args)
+        trainer = build_trainer(recipe, loaded)
     student = trainer.model  # with its adapters, when the recipe has a `peft` section
     trainer.train()
+    comparison = None
     if trainer.teacher_placement.kind == "replicate":  # teacher vs student for the lineage record and the card
-        trainer.compare_with_teacher(dataset_name=evaluation.info.dataset_name)
+        comparison = trainer.compare_with_teacher(dataset_name=evaluation.info.dataset_name)
     trainer.save_model(args.output_dir)  # also saves the tokenizer (processing_class) and the lineage record
-    student_after = evaluate_task_metric(student, recipe, evaluation, collator, args)
+    if not cross:
+        student_after = evaluate_task_metric(student, recipe, evaluation, collator, args)
+    elif comparison is not None and (comparison.get("metric") or {}).get("name") == "bits_per_byte":
+        student_after = comparison["metric"]["student"]  # the evaluation compare_with_teacher just ran
+    else:
+        student_after = _bits_per_byte(trainer)[1]
     _write_card(trainer)
 
     teacher_bytes = size_on_disk(teacher_path) if os.path.isdir(teacher_path) else None
@@ -229,6 +295,9 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
         "train_steps": trainer.state.global_step,
         "world_size": args.world_size,
     }
+    if cross:
+        results["cross_tokenizer"] = cross_tokenizer_method(args)
+        results["metric_note"] = BITS_PER_BYTE_NOTE
     if trainer.is_world_process_zero():  # under `accelerate launch`, one report and one file
         print("\n" + format_table(rows, metric_name))
         adapter_only = is_peft_model(student) and not args.merge_adapter_on_save

@@ -223,6 +223,8 @@ def compare_with_teacher(trainer: Any, eval_dataset: Any = None, dataset_name: s
             f"'{teacher.placement.describe()}'. Evaluate the teacher in a separate run."
         )
     student = trainer.evaluate(dataset, metric_key_prefix="eval")
+    if "eval_teacher_bits_per_byte" in student:  # another tokenizer: the eval scored both on the same bytes
+        return _cross_tokenizer_comparison(trainer, dataset, dataset_name, student)
     teacher_metrics = evaluate_model(
         teacher.module,
         trainer.get_eval_dataloader(dataset),
@@ -246,13 +248,32 @@ def compare_with_teacher(trainer: Any, eval_dataset: Any = None, dataset_name: s
             "student": math.exp(student["eval_ce_loss"]),
             "higher_is_better": False,
         }
+    return _record(trainer, dataset, dataset_name, student, metric, teacher_metrics.get("eval_ce_loss"))
+
+
+def _cross_tokenizer_comparison(trainer: Any, dataset: Any, dataset_name: str | None, student: dict) -> dict[str, Any]:
+    """Teacher and student of different tokenizers: their per-token losses are not comparable, their bits per byte
+    of the same text are (both from the student's evaluation, over the chunks both tokenizations share)."""
+    metric = {
+        "name": "bits_per_byte",
+        "teacher": student["eval_teacher_bits_per_byte"],
+        "student": student["eval_student_bits_per_byte"],
+        "higher_is_better": False,
+    }
+    trainer.log({"eval_teacher_bits_per_byte": metric["teacher"]})
+    return _record(trainer, dataset, dataset_name, student, metric, None)
+
+
+def _record(
+    trainer: Any, dataset: Any, dataset_name: str | None, student: dict, metric: dict | None, teacher_ce: Any
+) -> dict[str, Any]:
     info = getattr(dataset, "info", None)
     lineage = trainer.lineage()
     return {
         "dataset": dataset_name or getattr(info, "dataset_name", None) or "held-out evaluation set",
         "examples": len(dataset) if hasattr(dataset, "__len__") else None,
         "metric": metric,
-        "ce_loss": {"teacher": teacher_metrics.get("eval_ce_loss"), "student": student.get("eval_ce_loss")},
+        "ce_loss": {"teacher": teacher_ce, "student": student.get("eval_ce_loss")},
         "kd_loss": student.get("eval_kd_loss"),
         "agreement": student.get("eval_agreement"),
         "parameters": {"teacher": lineage.teacher["parameters"], "student": lineage.student["parameters"]},

@@ -49,7 +49,15 @@ NEVER_PUSHED = (
 # A checkpoint's training state: it goes under last-checkpoint/ (for resuming), not beside the model at the root.
 TRAINING_STATE = (*NEVER_PUSHED, "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "trainer_state.json")
 _USER_LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md")
-_TEACHER_LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "USE_POLICY.md", "NOTICE", "NOTICE.txt")
+_TEACHER_LICENSE_FILES = (
+    "LICENSE",
+    "LICENSE.txt",
+    "LICENSE.md",
+    "USE_POLICY.md",
+    "NOTICE",
+    "NOTICE.txt",
+    "GEMMA_TERMS.html",  # the Gemma terms, as the packaged Gemma checkpoint ships them
+)
 
 
 @dataclass

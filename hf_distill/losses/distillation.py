@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .chunked import HeadInput, chunked_objective_sums, chunked_sparse_objective_sums
+from .cross_tokenizer import AlignedTeacher, aligned_objective_sums
 from .objective import KDObjective, ObjectiveSums, objective_sums
 from .reduction import Positions
 from .sparse import TopK, sparse_objective_sums
@@ -18,7 +19,7 @@ def _kind(value: object) -> str:
 def distillation_sums(
     objective: KDObjective,
     student: torch.Tensor | HeadInput,
-    teacher: torch.Tensor | HeadInput | TopK,
+    teacher: torch.Tensor | HeadInput | TopK | AlignedTeacher,
     positions: Positions,
     *,
     chunk_size: int = 0,
@@ -26,24 +27,27 @@ def distillation_sums(
 ) -> ObjectiveSums:
     """The objective's sums for one micro-batch, dispatched on what the two models produced.
 
-    | student      | teacher      | computed by                       |
-    |--------------|--------------|-----------------------------------|
-    | logits       | logits       | `objective_sums`                  |
-    | `HeadInput`  | `HeadInput`  | `chunked_objective_sums`          |
-    | logits       | `TopK`       | `sparse_objective_sums`           |
-    | `HeadInput`  | `TopK`       | `chunked_sparse_objective_sums`   |
+    | student               | teacher          | computed by                                   |
+    |-----------------------|------------------|-----------------------------------------------|
+    | logits                | logits           | `objective_sums`                              |
+    | `HeadInput`           | `HeadInput`      | `chunked_objective_sums`                      |
+    | logits                | `TopK`           | `sparse_objective_sums`                       |
+    | `HeadInput`           | `TopK`           | `chunked_sparse_objective_sums`               |
+    | logits or `HeadInput` | `AlignedTeacher` | `aligned_objective_sums` (another tokenizer)  |
 
     Args:
         objective (`KDObjective`): what to compute.
         student (`torch.Tensor` of shape `(B, T, V_s)` or `(B, V_s)`, or `HeadInput`): the student's logits, or its
             hidden states `(B, T, H_s [+ r])` and LM head; gradients flow.
-        teacher (`torch.Tensor` of shape `(B, T, V_t)` or `(B, V_t)`, `HeadInput` or `TopK`): the teacher's logits,
-            its hidden states `(B, T, H_t [+ r_t])` and head, or its cached top-k `(B, T, k)`.
+        teacher (`torch.Tensor` of shape `(B, T, V_t)` or `(B, V_t)`, `HeadInput`, `TopK` or `AlignedTeacher`): the
+            teacher's logits, its hidden states `(B, T, H_t [+ r_t])` and head, its cached top-k `(B, T, k)`, or its
+            targets on the chunks aligned with a student of another tokenizer.
         positions (`Positions`): which positions count and how the labels line up.
         chunk_size (`int`, *optional*, defaults to 0): positions per chunk of the hidden-state paths (must be >= 1
             there); unused with logits.
         vocab_size (`int`, *optional*): compare dense distributions over their first `vocab_size` entries only;
-            unused with a `TopK` teacher (its ids index the student's vocabulary).
+            unused with a `TopK` teacher (its ids index the student's vocabulary) and with an `AlignedTeacher` (its
+            vocabulary mapping covers every head row).
 
     Returns:
         `ObjectiveSums`.
@@ -52,6 +56,8 @@ def distillation_sums(
         `TypeError`: for a pair of kinds none of the paths takes, naming both.
     """
     student_logits = torch.is_tensor(student)
+    if isinstance(teacher, AlignedTeacher) and (student_logits or isinstance(student, HeadInput)):
+        return aligned_objective_sums(objective, student, teacher, positions, chunk_size)
     if student_logits and torch.is_tensor(teacher):
         return objective_sums(objective, student, teacher, positions, vocab_size=vocab_size)
     if isinstance(student, HeadInput) and isinstance(teacher, HeadInput):
@@ -62,6 +68,6 @@ def distillation_sums(
         return chunked_sparse_objective_sums(objective, student, teacher, positions, chunk_size)
     raise TypeError(
         f"distillation_sums got a student of kind {_kind(student)} and a teacher of kind {_kind(teacher)}; the "
-        "student must be logits or a HeadInput, the teacher logits, a HeadInput or a TopK, and a logits student "
-        "cannot meet a HeadInput teacher (project the teacher's logits instead)."
+        "student must be logits or a HeadInput, the teacher logits, a HeadInput, a TopK or an AlignedTeacher, and a "
+        "logits student cannot meet a HeadInput teacher (project the teacher's logits instead)."
     )

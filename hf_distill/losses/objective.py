@@ -88,6 +88,9 @@ class ObjectiveSums:
         ce (`torch.Tensor`, 0-dim or `None`): CE summed over positions, detached; `None` without labels.
         num_targets (`torch.Tensor`, 0-dim): number of valid positions.
         agreement (`torch.Tensor`, 0-dim): positions where the student's and the teacher's top-1 agree.
+        bits (`torch.Tensor` of shape `(3,)`, float64, *optional*): cross-tokenizer objectives only: `[student NLL,
+            teacher NLL, bytes]` summed over the aligned chunks that count, in nats at T = 1, detached; bits per byte
+            of a model = its NLL / (ln 2 · bytes). `None` for same-tokenizer objectives.
     """
 
     total: torch.Tensor
@@ -95,6 +98,7 @@ class ObjectiveSums:
     ce: torch.Tensor | None
     num_targets: torch.Tensor
     agreement: torch.Tensor
+    bits: torch.Tensor | None = None
 
 
 # ---- the steps every path (logits or hidden states, dense or sparse teacher) shares ----

@@ -5,6 +5,14 @@ Layout of a cache folder: `shard-00000.parquet`, ... and `teacher_cache.json` (f
 shard its rows and SHA-256). Each row is one training example: its own columns (`input_ids`, `attention_mask`,
 `labels`, ...) plus, per position, `teacher_topk_ids` (k ints), `teacher_topk_logprobs` (k log-probabilities at the
 cache's temperature, in descending order) and `teacher_tail` (the probability mass outside the top k).
+
+A *teacher-tokenized* cache (`cache_teacher(..., teacher_tokenized=True)`, format version 2) serves students of other
+tokenizers: each row holds the teacher's own tokens of the text (`teacher_input_ids`, and `teacher_labels` when the
+data had labels) instead of the student's, the end byte offset of each token in the text's UTF-8
+(`teacher_offsets`), the top-k columns over the teacher's own vocabulary, and `teacher_next_logprob` (the log-probability
+at T = 1 of the token each position predicts, for chunk likelihoods). The teacher's tokenizer is saved in the folder
+(`teacher_tokenizer/`), so that a student's rows can be rebuilt from the text; the fingerprint records its hash
+(`teacher_tokenizer_hash`).
 """
 
 from __future__ import annotations
@@ -25,8 +33,16 @@ logger = get_logger(__name__)
 
 CACHE_INFO_FILE = "teacher_cache.json"
 FORMAT_VERSION = 1
+# A cache in the teacher's own tokenization (for students of other tokenizers): older readers refuse it by its version.
+TEACHER_TOKENIZED_FORMAT = 2
+READABLE_FORMATS = (FORMAT_VERSION, TEACHER_TOKENIZED_FORMAT)
 IDS, LOGPROBS, TAIL = "teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail"
 CACHE_COLUMNS = (IDS, LOGPROBS, TAIL)
+# The columns of a teacher-tokenized cache row (besides the top-k ones), and the folder holding the teacher's tokenizer.
+TEACHER_INPUT_IDS, TEACHER_LABELS = "teacher_input_ids", "teacher_labels"
+OFFSETS, NEXT_LOGPROB = "teacher_offsets", "teacher_next_logprob"
+TEACHER_TOKENIZED_COLUMNS = (TEACHER_INPUT_IDS, OFFSETS, IDS, LOGPROBS, TAIL, NEXT_LOGPROB)
+TEACHER_TOKENIZER_DIR = "teacher_tokenizer"
 LOGPROB_DTYPES = ("float32", "float16", "uint8")
 # uint8 log-probs: -log p in steps of 1/20 nat, so 0 … 12.75 nats (p down to ~3e-6); lower values are clipped.
 UINT8_STEP = 0.05
@@ -63,6 +79,9 @@ class CacheFingerprint:
         hf_distill_version (`str`, *optional*).
         generation (`dict`, *optional*): for a cache of the teacher's own responses (`hf-distill generate`), the
             prompts' fingerprint and the sampling parameters.
+        teacher_tokenizer_hash (`str`, *optional*): set for a teacher-tokenized cache (rows of the teacher's own
+            tokens, for students of any tokenizer): `hf_distill.cross_tokenizer.vocabulary.tokenizer_hash` of the
+            teacher's tokenizer saved in the cache folder.
     """
 
     teacher: dict[str, Any]
@@ -74,10 +93,19 @@ class CacheFingerprint:
     logprob_dtype: str
     hf_distill_version: str | None = None
     generation: dict[str, Any] | None = None
+    teacher_tokenizer_hash: str | None = None
+
+    @property
+    def teacher_tokenized(self) -> bool:
+        """Whether the rows hold the teacher's own tokens (a cache for students of other tokenizers)."""
+        return self.teacher_tokenizer_hash is not None
 
     def digest(self) -> str:
         """One SHA-256 naming this fingerprint (recorded in the student's lineage)."""
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()
+        content = dataclasses.asdict(self)
+        if content["teacher_tokenizer_hash"] is None:  # a same-tokenizer cache keeps the digest it always had
+            del content["teacher_tokenizer_hash"]
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -109,9 +137,10 @@ class CacheInfo:
             raise FileNotFoundError(f"{folder} is not a teacher cache: it has no {CACHE_INFO_FILE}.")
         with open(path) as f:
             data = json.load(f)
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in READABLE_FORMATS:
             raise ValueError(
-                f"{path}: format_version={data.get('format_version')!r}; this hf_distill reads {FORMAT_VERSION}."
+                f"{path}: format_version={data.get('format_version')!r}; this hf_distill reads "
+                f"{' and '.join(map(str, READABLE_FORMATS))}."
             )
         info = cls(**{**data, "fingerprint": CacheFingerprint(**data["fingerprint"])})
         for shard in info.shards:
@@ -199,6 +228,7 @@ class TeacherCache:
     dataset: Any
     info: CacheInfo
     name: dict[str, Any]
+    folder: str | None = None  # where its files are (the teacher's tokenizer of a teacher-tokenized cache)
 
     def lineage_record(self) -> dict[str, Any]:
         record = {**self.name, "fingerprint": self.info.fingerprint.digest(), "k": self.info.fingerprint.k}
@@ -235,12 +265,12 @@ def load_teacher_cache(path_or_repo: str, revision: str | None = None, token: st
             repo_type="dataset",
             revision=pinned,
             token=token,
-            allow_patterns=[CACHE_INFO_FILE, *shards],
+            allow_patterns=[CACHE_INFO_FILE, *shards, f"{TEACHER_TOKENIZER_DIR}/*"],
         )
         name = {"name": path_or_repo, "source": "hub", "revision": sha}
     info = CacheInfo.load(folder)
     dataset = Dataset.from_parquet(verify_shards(folder, info))
-    return TeacherCache(dataset, info, name)
+    return TeacherCache(dataset, info, name, folder)
 
 
 def check_cache(
@@ -264,11 +294,14 @@ def check_cache(
     """
     fingerprint = cache.info.fingerprint
     where = f"teacher cache {cache.name['name']}"
-    expected = tokenizer_sha256(tokenizer)
+    # A teacher-tokenized cache indexes the teacher's own vocabulary: the student's tokenizer and size do not matter.
+    expected = None if fingerprint.teacher_tokenized else tokenizer_sha256(tokenizer)
     if expected is not None and fingerprint.tokenizer_sha256 not in (None, expected):
         raise ValueError(
             f"{where}: tokenizer_sha256 differs: the cache was made with another tokenizer than the student's "
-            "(processing_class). Its token ids would index the wrong tokens; cache the teacher on this tokenizer."
+            "(processing_class). Its token ids would index the wrong tokens; cache the teacher on this tokenizer, or, "
+            "for a student of another tokenizer, write a teacher-tokenized cache (cache_teacher(..., "
+            "teacher_tokenized=True)) and train with cross_tokenizer set."
         )
     if train_dataset is not None and getattr(train_dataset, "_fingerprint", None) != fingerprint.dataset_fingerprint:
         raise ValueError(
@@ -281,7 +314,7 @@ def check_cache(
             f"{where}: temperature {fingerprint.temperature} differs from kd_temperature={temperature}; the cached "
             "log-probabilities are at the cache's temperature. Set kd_temperature to it or re-cache."
         )
-    if vocab_size is not None and vocab_size < fingerprint.vocab_size:
+    if vocab_size is not None and not fingerprint.teacher_tokenized and vocab_size < fingerprint.vocab_size:
         raise ValueError(
             f"{where}: vocab_size {fingerprint.vocab_size} of the teacher exceeds the student's {vocab_size} outputs."
         )

@@ -22,7 +22,13 @@ from .cache import (
     IDS,
     LOGPROB_DTYPES,
     LOGPROBS,
+    NEXT_LOGPROB,
+    OFFSETS,
     TAIL,
+    TEACHER_INPUT_IDS,
+    TEACHER_LABELS,
+    TEACHER_TOKENIZED_FORMAT,
+    TEACHER_TOKENIZER_DIR,
     CacheFingerprint,
     CacheInfo,
     encode_logprobs,
@@ -55,7 +61,8 @@ def _check_arguments(
         raise ValueError(
             f"The dataset to cache has no `input_ids` column (columns: {', '.join(dataset.column_names)}); tokenize it first."
         )
-    taken = [c for c in CACHE_COLUMNS if c in dataset.column_names]
+    own = (*CACHE_COLUMNS, TEACHER_INPUT_IDS, TEACHER_LABELS, OFFSETS, NEXT_LOGPROB)
+    taken = [c for c in own if c in dataset.column_names]
     if taken:
         raise ValueError(f"The dataset already has the cache columns {taken}; pass the tokenized dataset itself.")
 
@@ -70,11 +77,22 @@ def _vocab_size(teacher: nn.Module) -> int:
 
 @torch.no_grad()
 def _shard_rows(
-    teacher: nn.Module, rows: Any, k: int, temperature: float, logprob_dtype: str, batch_size: int, collator: Callable
+    teacher: nn.Module,
+    rows: Any,
+    k: int,
+    temperature: float,
+    logprob_dtype: str,
+    batch_size: int,
+    collator: Callable,
+    table: list[bytes | None] | None = None,
 ) -> tuple[dict[str, list], int]:
-    """The shard's original columns plus the three cache columns, each example trimmed to its own length."""
+    """The shard's original columns plus the three cache columns, each example trimmed to its own length; with the
+    teacher tokenizer's byte `table` (a teacher-tokenized cache) also each token's end byte offset and the
+    log-probability of the next token, and `input_ids` / `labels` renamed to the teacher's (`attention_mask` dropped)."""
     columns: dict[str, list] = {name: list(rows[name]) for name in rows.column_names}
     columns.update({IDS: [], LOGPROBS: [], TAIL: []})
+    if table is not None:
+        columns.update({OFFSETS: [], NEXT_LOGPROB: []})
     tokens = 0
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
     for start in range(0, len(rows), batch_size):
@@ -83,6 +101,11 @@ def _shard_rows(
         labels = batch.pop("labels", None)
         features = {key: v.to(device) if torch.is_tensor(v) else v for key, v in batch.items()}
         logits = run_teacher(teacher, features, None if labels is None else labels.to(device)).logits
+        if table is not None:  # log p(token t+1) at position t, at T = 1: the chunk likelihoods' terms
+            input_ids = features["input_ids"]
+            following = torch.nn.functional.pad(input_ids[:, 1:], (0, 1)).clamp_min(0)
+            next_logprob = logits.float().gather(-1, following[..., None]).squeeze(-1) - logits.float().logsumexp(-1)
+            next_logprob[:, -1] = 0.0
         log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
         top, ids = log_probs.topk(k, dim=-1)  # sorted, most probable first
         # The tail from the full-precision probabilities, before any rounding of the stored log-probs.
@@ -94,7 +117,22 @@ def _shard_rows(
             columns[IDS].append(ids[i, rows_of].to(torch.int32).tolist())
             columns[LOGPROBS].append(stored[i, rows_of].tolist())
             columns[TAIL].append(tail[i, rows_of].tolist())
+            if table is not None:
+                ids_of = example["input_ids"]
+                ends, offset = [], 0
+                for token in ids_of:
+                    offset += len(table[token] or b"") if 0 <= token < len(table) else 0
+                    ends.append(offset)
+                columns[OFFSETS].append(ends)
+                values = next_logprob[i, rows_of].tolist()
+                values[-1] = 0.0  # the last token of the example predicts nothing
+                columns[NEXT_LOGPROB].append(values)
             tokens += length or 1
+    if table is not None:
+        columns[TEACHER_INPUT_IDS] = columns.pop("input_ids")
+        columns.pop("attention_mask", None)
+        if "labels" in columns:
+            columns[TEACHER_LABELS] = columns.pop("labels")
     return columns, tokens
 
 
@@ -111,15 +149,22 @@ def write_shard(output_dir: str, name: str, columns: dict[str, list], features: 
     return {"file": name, "rows": len(next(iter(columns.values()))), "sha256": file_sha256(path)}
 
 
-def cache_features(base: Any, logprob_dtype: str, per_position: bool) -> Any:
-    """`datasets.Features` of cache rows: the example's own columns plus the three cache columns."""
+def cache_features(base: Any, logprob_dtype: str, per_position: bool, teacher_tokenized: bool = False) -> Any:
+    """`datasets.Features` of cache rows: the example's own columns plus the three cache columns (a teacher-tokenized
+    cache: `input_ids` / `labels` renamed to the teacher's, `attention_mask` dropped, offsets and next-token
+    log-probabilities added)."""
     from datasets import Features, Sequence, Value
 
     value = Value(logprob_dtype)
     ids, logprobs, tail = Sequence(Value("int32")), Sequence(value), Value("float32")
     if per_position:
         ids, logprobs, tail = Sequence(ids), Sequence(logprobs), Sequence(tail)
-    return Features({**base, IDS: ids, LOGPROBS: logprobs, TAIL: tail})
+    if not teacher_tokenized:
+        return Features({**base, IDS: ids, LOGPROBS: logprobs, TAIL: tail})
+    renamed = {"input_ids": TEACHER_INPUT_IDS, "labels": TEACHER_LABELS}
+    own = {renamed.get(name, name): feature for name, feature in base.items() if name != "attention_mask"}
+    extra = {OFFSETS: Sequence(Value("int32")), NEXT_LOGPROB: Sequence(Value("float32"))}
+    return Features({**own, IDS: ids, LOGPROBS: logprobs, TAIL: tail, **extra})
 
 
 def cache_teacher(
@@ -136,6 +181,7 @@ def cache_teacher(
     tokenizer: Any = None,
     teacher_source: dict[str, Any] | None = None,
     progress: bool = True,
+    teacher_tokenized: bool = False,
 ) -> CacheInfo:
     """Run `teacher` over `dataset` once and write its top-k distributions as a teacher cache in `output_dir`.
 
@@ -157,6 +203,11 @@ def cache_teacher(
             `DataCollatorWithPadding(tokenizer)` with a tokenizer, else `default_data_collator`. Must pad on the right.
         tokenizer (*optional*): the teacher's tokenizer, hashed into the fingerprint.
         teacher_source (`dict`, *optional*): the teacher's identity; defaults to what its loader recorded.
+        teacher_tokenized (`bool`, *optional*, defaults to `False`): write a cache that serves students of *any*
+            tokenizer (train with `cross_tokenizer` set): `dataset` is tokenized by the teacher's own `tokenizer`
+            (required, fast), and each row keeps the teacher's tokens (`teacher_input_ids`, `teacher_labels`), their
+            end byte offsets (`teacher_offsets`) and the log-probability of each next token (`teacher_next_logprob`);
+            the tokenizer is saved in `output_dir/teacher_tokenizer`. Causal LMs only.
 
     Returns:
         `CacheInfo`: the manifest (rows, tokens, shards); `info.bytes_on_disk(output_dir) / info.tokens` is the storage
@@ -166,6 +217,18 @@ def cache_teacher(
 
     vocab_size = _vocab_size(teacher)
     _check_arguments(dataset, k, vocab_size, temperature, logprob_dtype, shard_size)
+    table, teacher_tokenizer_hash = None, None
+    if teacher_tokenized:
+        from ..cross_tokenizer.vocabulary import token_bytes, tokenizer_hash
+
+        if tokenizer is None:
+            raise ValueError(
+                "teacher_tokenized=True needs the teacher's tokenizer (tokenizer=): the cache stores the teacher's "
+                "own tokens, and the tokenizer to turn them back into text."
+            )
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor holds one
+        table = token_bytes(tokenizer)  # refuses tokenizers whose text cannot be rebuilt byte-exactly
+        teacher_tokenizer_hash = tokenizer_hash(tokenizer)
     if collator is None:
         collator = DataCollatorWithPadding(tokenizer) if tokenizer is not None else default_data_collator
     fingerprint = CacheFingerprint(
@@ -177,9 +240,13 @@ def cache_teacher(
         dataset_fingerprint=dataset._fingerprint,
         logprob_dtype=logprob_dtype,
         hf_distill_version=hf_distill_version(),
+        teacher_tokenizer_hash=teacher_tokenizer_hash,
     )
     os.makedirs(output_dir, exist_ok=True)
     info = _resume(output_dir, fingerprint, len(dataset), shard_size)
+    if teacher_tokenized:
+        info.format_version = TEACHER_TOKENIZED_FORMAT
+        tokenizer.save_pretrained(os.path.join(output_dir, TEACHER_TOKENIZER_DIR))
     freeze(teacher)
     done = {s["file"] for s in info.shards}
     per_position = None
@@ -189,9 +256,11 @@ def cache_teacher(
             if name in done:
                 continue
             rows = dataset.select(range(start, min(start + shard_size, len(dataset))))
-            columns, tokens = _shard_rows(teacher, rows, k, temperature, logprob_dtype, batch_size, collator)
+            columns, tokens = _shard_rows(teacher, rows, k, temperature, logprob_dtype, batch_size, collator, table)
             per_position = isinstance(columns[TAIL][0], list)
-            features = cache_features(dataset.features, logprob_dtype, per_position)
+            if teacher_tokenized and not per_position:
+                raise ValueError("teacher_tokenized=True caches a causal LM's per-token distributions only.")
+            features = cache_features(dataset.features, logprob_dtype, per_position, teacher_tokenized)
             info.shards.append({**write_shard(output_dir, name, columns, features), "tokens": tokens})
             info.shards.sort(key=lambda s: s["file"])
             info.tokens = sum(s["tokens"] for s in info.shards)

@@ -60,6 +60,12 @@ class OnPolicySteps:
                 f"({teacher.placement.describe()}): generation from a sharded teacher is not supported; use "
                 "teacher_placement='replicate' or teacher_generation_fraction=0."
             )
+        if settings.teacher_fraction and teacher.alignment_record() is not None:
+            raise ValueError(
+                f"teacher_generation_fraction={settings.teacher_fraction} with a teacher of another tokenizer "
+                "(cross_tokenizer): its completions would have to be re-tokenized for the student, which is not "
+                "supported; use on_policy_fraction (the student generates, the teacher grades) instead."
+            )
         if settings.teacher_fraction:
             with teacher_for_generation(teacher):  # refuses a teacher without generate now, not at its first step
                 pass

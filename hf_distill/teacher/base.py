@@ -96,6 +96,10 @@ class Teacher(abc.ABC):
         """The lineage's `teacher` section: its pinned identity, `kind`, architecture and parameters (see
         `hf_distill.hub.lineage.Lineage`)."""
 
+    def alignment_record(self) -> dict[str, Any] | None:
+        """How its tokenization is aligned with the student's, for the lineage; `None` when both read the same ids."""
+        return None
+
     def input_columns(self) -> tuple[str, ...]:
         """Batch columns the teacher reads: they must survive the Trainer's `remove_unused_columns`."""
         accepted = None if self.module is None else accepted_arguments(self.module)
@@ -118,6 +122,11 @@ class Teacher(abc.ABC):
     def prepare_training_data(self, train_dataset: Any, data_collator: Any) -> tuple[Any, Any]:
         """The training data this teacher needs: unchanged for a model; a cache trains on its own rows."""
         return train_dataset, data_collator
+
+    def prepare_eval_data(self, eval_dataset: Any) -> Any:
+        """The evaluation data this teacher needs: unchanged, except for a cache in the teacher's own tokenization,
+        whose rows become the student's."""
+        return eval_dataset
 
     def local_folder(self) -> str | None:
         """The local folder its weights were read from, when it was (its license files are there)."""

@@ -17,7 +17,7 @@ from .loading import load_teacher
 from .model import cast_teacher, freeze, place_teacher
 from .placement import Placement, resolve_placement, teacher_device
 from .shared_base import SharedBaseModel, SharedBaseTeacher
-from .vocabulary import check_vocabulary, try_load_teacher_tokenizer
+from .vocabulary import VocabularyCheck, check_vocabulary, try_load_teacher_tokenizer
 
 
 def teacher_compute_dtype(args: Any, student: nn.Module) -> torch.dtype:
@@ -41,12 +41,7 @@ def setup_teacher(
     teacher_tokenizer: Any | None = None,
 ) -> LiveTeacher:
     """Resolve, check, freeze, cast and place the teacher for `student` (see `DistillationTrainer`)."""
-    teacher = teacher if teacher is not None else distillation_setting(args, "teacher_model_name_or_path")
-    if teacher is None:
-        raise ValueError(
-            "No teacher: pass `teacher_model=` (a model or a Hub id/local path) to DistillationTrainer, or set "
-            "`teacher_model_name_or_path` in DistillationConfig."
-        )
+    teacher = _named_teacher(teacher, args)
     if teacher == SHARED_BASE_TEACHER:  # the student's weights: nothing to load, cast or place
         shared = SharedBaseModel(student)
         vocabulary = check_vocabulary(student, shared, student_tokenizer, teacher_tokenizer or student_tokenizer, None)
@@ -58,6 +53,27 @@ def setup_teacher(
             shared_vocab=vocabulary.shared_vocab,
             tokenizer_checked=vocabulary.tokenizer_checked,
         )
+    teacher, teacher_tokenizer, tokenizer_error = resolve_teacher(teacher, student, args, teacher_tokenizer)
+    vocabulary = check_vocabulary(student, teacher, student_tokenizer, teacher_tokenizer, tokenizer_error)
+    return place_live_teacher(teacher, student, args, accelerator, vocabulary)
+
+
+def _named_teacher(teacher: nn.Module | str | None, args: Any) -> nn.Module | str:
+    teacher = teacher if teacher is not None else distillation_setting(args, "teacher_model_name_or_path")
+    if teacher is None:
+        raise ValueError(
+            "No teacher: pass `teacher_model=` (a model or a Hub id/local path) to DistillationTrainer, or set "
+            "`teacher_model_name_or_path` in DistillationConfig."
+        )
+    return teacher
+
+
+def resolve_teacher(
+    teacher: nn.Module | str | None, student: nn.Module, args: Any, teacher_tokenizer: Any | None = None
+) -> tuple[nn.Module, Any | None, str | None]:
+    """`(model, tokenizer, why the tokenizer is missing)`: the teacher as a module (loaded when given by name, with its
+    tokenizer from the same commit unless one was passed), checked to be a separate model whose source still holds."""
+    teacher = _named_teacher(teacher, args)
     tokenizer_error = None
     if isinstance(teacher, str):
         trust_remote_code = distillation_setting(args, "teacher_trust_remote_code")
@@ -74,7 +90,13 @@ def setup_teacher(
         raise ValueError("teacher_model is the student itself; pass a separate (frozen) teacher model.")
     if not is_peft_model(teacher):
         checked_model_source(teacher)  # as handed over, before the cast: still the checkpoint its config names?
-    vocabulary = check_vocabulary(student, teacher, student_tokenizer, teacher_tokenizer, tokenizer_error)
+    return teacher, teacher_tokenizer, tokenizer_error
+
+
+def place_live_teacher(
+    teacher: nn.Module, student: nn.Module, args: Any, accelerator: Any, vocabulary: VocabularyCheck
+) -> LiveTeacher:
+    """Freeze, cast and place a resolved teacher whose vocabulary was checked against the student's."""
     permutation = label_permutation(student, teacher)
     placement, own_device = _placement(args, accelerator)
     teacher = cast_teacher(freeze(teacher), teacher_compute_dtype(args, student))

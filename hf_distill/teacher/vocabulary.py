@@ -124,8 +124,9 @@ def check_vocabulary(
         if difference is not None:
             raise ValueError(
                 f"The teacher's and the student's tokenizers differ: {difference}. Distillation feeds both models "
-                "the same token ids, so they need one tokenizer; pick a teacher and student of the same tokenizer "
-                "family."
+                "the same token ids, so they need one tokenizer: pick a teacher and student of the same tokenizer "
+                "family, or (causal LMs) set cross_tokenizer='auto' in DistillationConfig to distil through an "
+                "alignment of the two tokenizations of the same text."
             )
         used = len(student_tokenizer)
         if language_model and used > min(student_size, teacher_size):

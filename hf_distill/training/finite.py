@@ -23,7 +23,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .._logging import get_logger
-from ..losses import HeadInput, ObjectiveSums, TopK
+from ..losses import AlignedTeacher, HeadInput, ObjectiveSums, TopK
 
 logger = get_logger(__name__)
 
@@ -45,6 +45,8 @@ class NonFiniteLossError(FloatingPointError):
 
 def _watched(output: torch.Tensor | HeadInput | TopK | None) -> torch.Tensor | None:
     """The tensor whose sum says whether a model's output holds NaN/inf: logits, or a `HeadInput`'s hidden states."""
+    if isinstance(output, AlignedTeacher):  # another tokenizer's teacher: its distributions where chunks start
+        return output.first_rows
     return output.hidden if isinstance(output, HeadInput) else output if torch.is_tensor(output) else None
 
 

@@ -7,6 +7,7 @@ the Trainer logs (`logging_steps`) or finishes an evaluation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -24,6 +25,10 @@ class DistillationMetrics:
     agreement: torch.Tensor
     num_targets: torch.Tensor
     num_ce_targets: torch.Tensor
+    # Cross-tokenizer runs: both models' negative log-likelihood (nats) of the chunks they share, and those bytes.
+    student_nats: torch.Tensor
+    teacher_nats: torch.Tensor
+    chunk_bytes: torch.Tensor
 
     @classmethod
     def zeros(cls, device: torch.device | str = "cpu") -> DistillationMetrics:
@@ -37,6 +42,11 @@ class DistillationMetrics:
         if sums.ce is not None:
             self.ce += sums.ce.to(self.kd)
             self.num_ce_targets += sums.num_targets.to(self.kd)
+        if sums.bits is not None:  # (3,): student nats, teacher nats, bytes
+            bits = sums.bits.to(self.kd)
+            self.student_nats += bits[0]
+            self.teacher_nats += bits[1]
+            self.chunk_bytes += bits[2]
 
     def summarize(self, reduce_sum=None, prefix: str = "", objective: bool = False) -> dict[str, float]:
         """Per-position means, summed over processes first with `reduce_sum` (e.g. `accelerator.reduce`).
@@ -47,13 +57,16 @@ class DistillationMetrics:
         stacked = torch.stack([getattr(self, f.name) for f in fields(self)])
         if reduce_sum is not None:
             stacked = reduce_sum(stacked)
-        total, kd, ce, agreement, n, n_ce = stacked.tolist()
+        total, kd, ce, agreement, n, n_ce, student_nats, teacher_nats, chunk_bytes = stacked.tolist()
         if n == 0:
             return {}
         metrics = {f"{prefix}distillation_loss": total / n} if objective else {}
         metrics.update({f"{prefix}kd_loss": kd / n, f"{prefix}agreement": agreement / n})
         if n_ce:
             metrics[f"{prefix}ce_loss"] = ce / n_ce
+        if chunk_bytes:  # tokenizer-independent: both models on the same bytes
+            metrics[f"{prefix}student_bits_per_byte"] = student_nats / (math.log(2) * chunk_bytes)
+            metrics[f"{prefix}teacher_bits_per_byte"] = teacher_nats / (math.log(2) * chunk_bytes)
         return metrics
 
 

@@ -1,0 +1,1 @@
+"""Distillation between a teacher and a student whose tokenizers differ: byte tables, shared vocabulary, alignment."""
