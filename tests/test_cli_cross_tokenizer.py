@@ -199,3 +199,48 @@ def test_cli_trains_a_tiny_cross_tokenizer_pair_and_reports_bits_per_byte(tmp_pa
     assert (init["kind"], init["name"], init["layers"]) == ("pretrained", "student_in", [0, 2])
     assert not lineage.weights_derive_from_teacher
     assert lineage.teacher["name"] == "teacher"
+
+
+def test_the_card_says_a_pretrained_student_was_cut_to_some_of_its_layers():
+    from types import SimpleNamespace
+
+    from hf_distill.hub.card import _init_text
+
+    init = {"kind": "pretrained", "name": "smollm2-135m-instruct", "source": "local", "layers": [0, 29]}
+    text = _init_text(SimpleNamespace(student={"init": init}))
+    assert text.startswith("layers [0, 29] of ") and "smollm2-135m-instruct" in text
+    del init["layers"]
+    assert not _init_text(SimpleNamespace(student={"init": init})).startswith("layers")
+
+
+@pytest.mark.slow
+def test_cache_teacher_writes_a_cache_in_the_teachers_own_tokens_that_trains_another_tokenizer(tmp_path):
+    from datasets import Dataset
+
+    from hf_distill import DistillationConfig, DistillationTrainer
+    from hf_distill.cli.main import main
+    from hf_distill.offline.cache import CacheInfo, load_teacher_cache
+
+    student_tokenizer = _tiny_pair(tmp_path)
+    recipe = {
+        "task": "causal_lm",
+        "teacher": {"model_name_or_path": str(tmp_path / "teacher")},
+        "data": {"text_file": str(tmp_path / "corpus.txt"), "block_size": 16},
+        "cache": {"output_dir": str(tmp_path / "cache"), "k": 8, "teacher_tokenized": True},
+    }
+    assert main(["cache-teacher", _write(tmp_path, recipe)]) == 0
+    info = CacheInfo.load(str(tmp_path / "cache" / "train"))
+    assert info.fingerprint.teacher_tokenizer_hash.startswith("sha256:")
+    assert "teacher_offsets" in load_teacher_cache(str(tmp_path / "cache" / "train")).dataset.column_names
+    args = DistillationConfig(
+        output_dir=str(tmp_path / "student"), cross_tokenizer="chunk", max_steps=2, per_device_train_batch_size=4,
+        report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no",
+    )  # fmt: skip
+    from tokenizer_pairs import PadCollator, tiny_causal_lm
+
+    trainer = DistillationTrainer(
+        model=tiny_causal_lm(len(student_tokenizer)), args=args, teacher_cache=str(tmp_path / "cache" / "train"),
+        data_collator=PadCollator(student_tokenizer), processing_class=student_tokenizer,
+    )  # fmt: skip
+    trainer.train()
+    assert isinstance(trainer.train_dataset, Dataset) and trainer.state.global_step == 2

@@ -1,5 +1,7 @@
 """Byte tables, shared vocabulary and byte-offset alignment of two tokenizations (hf_distill/cross_tokenizer)."""
 
+import copy
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -387,3 +389,13 @@ def test_real_pair_specials_and_vocabulary(real_pair):
     s2s, t2s = shared.student_to_shared, shared.teacher_to_shared
     assert s2s[smol.convert_tokens_to_ids("Ġworld")] == t2s[gemma.convert_tokens_to_ids("▁world")]
     assert 0.9 < (s2s < shared.num_shared).float().mean() < 1.0
+
+
+def test_the_hash_ignores_truncation_and_padding_settings(byte_tok):
+    from hf_distill.cross_tokenizer.vocabulary import tokenizer_hash
+
+    before = tokenizer_hash(copy.deepcopy(byte_tok))
+    changed = copy.deepcopy(byte_tok)
+    changed.backend_tokenizer.enable_truncation(8)
+    changed.backend_tokenizer.enable_padding(length=8)
+    assert tokenizer_hash(changed) == before

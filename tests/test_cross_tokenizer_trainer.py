@@ -381,3 +381,75 @@ def test_long_batches_project_the_teachers_first_rows_per_block_with_the_same_re
     assert lazy_loss.item() == pytest.approx(loss.item(), rel=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(lazy_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_uld_reports_the_top1_agreement_of_the_two_models_top_tokens(training_args, byte_level):
+    """ULD compares sorted vectors, which forget token identities; the agreement is still the models' own: the
+    student's top token and the teacher's in one shared bucket. A teacher that is the student under permuted ids
+    agrees everywhere; an unrelated one almost nowhere."""
+    shuffled, permutation = permuted(byte_level, seed=5)
+    torch.manual_seed(0)
+    student = tiny_causal_lm(len(byte_level))
+    values = {}
+    for name, teacher in (("same", permuted_model(student, permutation)), ("other", tiny_causal_lm(len(byte_level)))):
+        trainer = _trainer(training_args, copy.deepcopy(student), teacher, byte_level, shuffled, cross_tokenizer="uld")
+        trainer.eval_dataset = Dataset.from_list(text_rows(byte_level, TEXTS))
+        values[name] = trainer.evaluate()["eval_agreement"]
+    assert values["same"] == pytest.approx(1.0)
+    assert values["other"] < 0.5
+
+
+def test_a_teacher_tokenizer_larger_than_its_head_is_refused(training_args, byte_level, sentencepiece):
+    student, teacher = tiny_causal_lm(len(byte_level)), tiny_causal_lm(len(byte_level))  # head of 300 rows
+    with pytest.raises(ValueError, match=r"teacher's tokenizer has 456 tokens but the teacher's head has 300 rows"):
+        _trainer(training_args, student, teacher, byte_level, sentencepiece, cross_tokenizer="auto")
+
+
+def test_a_teacher_tokenization_longer_than_its_positions_is_refused(training_args, byte_level, sentencepiece):
+    student, teacher = tiny_causal_lm(len(byte_level)), tiny_causal_lm(len(sentencepiece))
+    teacher.config.max_position_embeddings = 8
+    trainer = _trainer(training_args, student, teacher, byte_level, sentencepiece, cross_tokenizer="auto")
+    with pytest.raises(ValueError, match=r"tokens long, more than its max_position_embeddings=8: cut"):
+        _loss_and_grads(trainer, text_rows(byte_level, TEXTS))
+
+
+def _with_normalizer(tokenizer, normalizer):
+    changed = copy.deepcopy(tokenizer)
+    changed.backend_tokenizer.normalizer = normalizer
+    return changed
+
+
+def test_a_dummy_prefix_teacher_llama2_style_is_aligned(byte_level, sentencepiece):
+    from tokenizers import normalizers
+
+    from hf_distill.cross_tokenizer.alignment import TokenAligner
+
+    llama2_like = _with_normalizer(
+        sentencepiece, normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    )
+    assert llama2_like.convert_ids_to_tokens(llama2_like("To be")["input_ids"])[1] == "▁To"  # the dummy prefix
+    plain = TokenAligner(byte_level, sentencepiece).align(byte_level("To be, or not")["input_ids"])
+    prefixed = TokenAligner(byte_level, llama2_like).align(byte_level("To be, or not")["input_ids"])
+    assert prefixed.chunk_bytes and sum(prefixed.chunk_bytes) == sum(plain.chunk_bytes)
+    assert prefixed.student_chunk.count(-1) == plain.student_chunk.count(-1)
+
+
+def test_text_a_normalizer_changes_is_read_by_the_teacher_not_distilled_and_said_once(byte_level, caplog):
+    from tokenizers import normalizers
+
+    from hf_distill.cross_tokenizer.alignment import TokenAligner
+
+    nfc = _with_normalizer(byte_level, normalizers.NFC())
+    aligner = TokenAligner(sentencepiece_bpe(), nfc)
+    rows = [sentencepiece_bpe()(text)["input_ids"] for text in ("To be or not", "a cafe\u0301 latte")]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    with caplog.at_level("WARNING", logger="hf_distill"):
+        columns = aligner.collate(ids, mask)
+        aligner.collate(ids, mask)
+    assert aligner.skipped_segments == 2
+    assert sum("read by the teacher but not distilled" in r.message for r in caplog.records) == 1
+    assert (columns["student_chunk"][0] >= 0).any() and not (columns["student_chunk"][1] >= 0).any()
+    with pytest.raises(ValueError, match=r"does not tokenize text byte-exactly.*byte offset"):
+        aligner.collate(ids[1:], mask[1:])  # nothing of the batch aligns: this tokenizer, refused

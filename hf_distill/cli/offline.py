@@ -39,7 +39,7 @@ def cache_recipe(recipe: Recipe) -> dict[str, Any]:
             collator=collator,
             tokenizer=tokenizer,
             # `cache.teacher_tokenized: true`: rows of the teacher's own tokens, for students of any tokenizer
-            teacher_tokenized=bool(getattr(spec, "teacher_tokenized", False)),
+            teacher_tokenized=spec.teacher_tokenized,
         )
         size = info.bytes_on_disk(folder)
         results[split] = {"folder": folder, "rows": info.total_rows, "positions": info.tokens, "bytes": size}

@@ -91,6 +91,8 @@ class CacheSpec:
     logprob_dtype: str = "float16"  # float32, float16 or uint8 (quantised)
     batch_size: int = 8
     shard_size: int = 1024
+    # in the teacher's own tokenization (its ids, byte offsets, next-token log-probs): serves students of any tokenizer
+    teacher_tokenized: bool = False
 
 
 @dataclass

@@ -6,15 +6,21 @@ two consecutive boundaries of one segment. Special tokens (and bytes that are no
 chunk never contains one.
 """
 
+import bisect
+import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from tokenizers import Tokenizer
 
+from .._logging import get_logger
 from .vocabulary import token_bytes, tokenizer_hash
 
-__all__ = ["ALIGNMENT_COLUMNS", "AlignedExample", "TokenAligner"]
+logger = get_logger(__name__)
+
+__all__ = ["ALIGNMENT_COLUMNS", "TEACHER_ROW_COLUMNS", "AlignedExample", "TokenAligner"]
 
 ALIGNMENT_COLUMNS = (
     "teacher_input_ids",
@@ -24,6 +30,22 @@ ALIGNMENT_COLUMNS = (
     "student_next",
     "chunk_bytes",
 )
+
+TEACHER_ROW_COLUMNS = ("teacher_input_ids", "teacher_labels", "content_mask", "teacher_content_mask")
+"""Per-row columns `hf_distill.data.tokenize_for_distillation(..., teacher_tokenizer=...)` adds to conversational rows
+(ragged lists): the teacher's own rendering of the row (`teacher_input_ids`, `teacher_labels`) and, per token of each
+side, 1 where the token lies inside a message's content (`content_mask` for the student's tokens,
+`teacher_content_mask`). `TokenAligner.collate_rendered` aligns the two renderings."""
+
+# Element values of the sequences `align_rendered` matches: bytes are 0..255; an EOS token is one element of its own
+# (it matches the other side's EOS); every other token outside the text (special, start, markup, invalid UTF-8) is a
+# separator, a value the other side never holds.
+_EOS = 256
+_SEPARATOR = (-1, -2)  # (student, teacher)
+# Words the matcher compares (GPT-2-like: a leading space joins its word): far fewer and more distinct elements than
+# bytes, so `SequenceMatcher` is fast and never pairs stray letters of two different markups; block edges are then
+# extended byte by byte.
+_WORDS = re.compile(rb" ?\w+| ?[^\w\s]+|\s+")
 
 
 @dataclass
@@ -181,6 +203,9 @@ class TokenAligner:
         self._teacher_backend.no_padding()
         self._teacher_backend.encode_special_tokens = True
         self._special_cache: dict[int, list[int]] = {}
+        # Text segments the teacher's tokenizer did not rebuild byte-exactly (normalized text): counted, warned once.
+        self._aligned, self._unaligned = 0, []
+        self._skipped_segments, self._warned = 0, False
         self._student_backend: Tokenizer | None = None  # built by `student_row`
 
     # --- special tokens -------------------------------------------------------------------------------------------
@@ -266,15 +291,18 @@ class TokenAligner:
             _, first, s_lengths, data = item
             t_ids = next(texts)
             t_pieces = [tbytes[t] if 0 <= t < tsize else None for t in t_ids]
-            if None in t_pieces or b"".join(t_pieces) != data:
-                self._mismatch(data, t_pieces)
+            t_lengths = _teacher_lengths(data, t_pieces)
             t_base = len(teacher_ids)
             teacher_ids.extend(t_ids)
+            if t_lengths is None:  # not rebuilt byte-exactly: the teacher reads it, nothing of it is distilled
+                self._unaligned.append((data, t_pieces))
+                teacher_token_chunk.extend([-1] * len(t_ids))
+                continue
+            self._aligned += 1
             t_chunks = [-1] * len(t_ids)
             next_chunk = _chunk_run(
-                first, s_lengths, [len(p) for p in t_pieces], t_base, student_token_chunk, t_chunks, chunk_bytes,
-                next_chunk,
-            )  # fmt: skip
+                first, s_lengths, t_lengths, t_base, student_token_chunk, t_chunks, chunk_bytes, next_chunk
+            )
             teacher_token_chunk.extend(t_chunks)
         return self._example(ids, teacher_ids, student_token_chunk, teacher_token_chunk, chunk_bytes)
 
@@ -289,6 +317,9 @@ class TokenAligner:
         return AlignedExample(teacher_ids, student_chunk, teacher_chunk, student_next, chunk_bytes)
 
     def _mismatch(self, data: bytes, t_pieces: list[bytes | None]) -> None:
+        raise ValueError(self._describe_mismatch(data, t_pieces) + ", so the two tokenizations cannot be aligned")
+
+    def _describe_mismatch(self, data: bytes, t_pieces: list[bytes | None]) -> str:
         offset = 0
         for piece in t_pieces:
             if piece is None or data[offset : offset + len(piece)] != piece:
@@ -297,14 +328,35 @@ class TokenAligner:
                         offset, piece = offset + 1, piece[1:]
                 break
             offset += len(piece)
-        raise ValueError(
+        return (
             f"The teacher tokenizer ({type(self.teacher_tokenizer).__name__}, "
             f"{getattr(self.teacher_tokenizer, 'name_or_path', '')!r}) does not tokenize text byte-exactly: its tokens "
-            f"differ from the text {data[:80]!r} at byte offset {offset} (a normalizer changed the text or a dummy "
-            "prefix was added), so the two tokenizations cannot be aligned"
+            f"differ from the text {data[:80]!r} at byte offset {offset} (a normalizer changed the text)"
         )
 
     def _align_many(self, rows: list[list[int]]) -> list[AlignedExample]:
+        self._aligned, self._unaligned = 0, []
+        out = self._align_rows(rows)
+        if self._unaligned:
+            data, pieces = self._unaligned[0]
+            if not self._aligned:  # nothing of this batch could be aligned: this tokenizer, not one odd text
+                self._mismatch(data, pieces)
+            self._skipped_segments += len(self._unaligned)
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    f"{self._describe_mismatch(data, pieces)}. Such text segments are read by the teacher but not "
+                    "distilled (the rest of their rows is); normalize the data (e.g. NFC) to distil them too. "
+                    "Counted in `TokenAligner.skipped_segments`."
+                )
+        return out
+
+    @property
+    def skipped_segments(self) -> int:
+        """Text segments so far that the teacher's tokenizer did not rebuild byte-exactly (so not distilled)."""
+        return self._skipped_segments
+
+    def _align_rows(self, rows: list[list[int]]) -> list[AlignedExample]:
         plans = [self._plan(ids) for ids in rows]
         texts = [item[3].decode("utf-8") for plan in plans for item in plan if item[0] == "text"]
         encode = getattr(self._teacher_backend, "encode_batch_fast", self._teacher_backend.encode_batch)
@@ -368,6 +420,7 @@ class TokenAligner:
         teacher = self._teacher_items(teacher_ids)
         student = [item for item in student if item[0] != "special"]
         teacher = [item for item in teacher if item[0] != "special"]
+        student, teacher = _matched_runs(student, teacher)
         for k in range(max(len(student), len(teacher))):
             s_item = student[k] if k < len(student) else None
             t_item = teacher[k] if k < len(teacher) else None
@@ -408,7 +461,8 @@ class TokenAligner:
         The student's tokenization of the text of a teacher row: the row's text runs rebuilt from the teacher's byte
         table and tokenized by the student (each run on its own, special-token strings in the text kept as text), the
         teacher's start tokens replaced by the student's, EOS by the student's EOS, and any other teacher special token
-        by the student's special token of the same text. `align_pair` pairs the result with `teacher_ids`.
+        by the student's special token of the same text, or by nothing when the student has none (a `<bos>` inside a
+        row of grouped text is no text). `align_pair` pairs the result with `teacher_ids`.
 
         Args:
             teacher_ids (`list[int]`): the teacher's row (no padding).
@@ -417,9 +471,6 @@ class TokenAligner:
         Returns:
             `(student_ids, student_labels)`: a student token is a target when every byte of it lies in a teacher
             target token; the start tokens are no targets; `student_labels` is `None` without `teacher_labels`.
-
-        Raises:
-            `ValueError`: for a teacher special token (other than start and EOS) the student has no token for.
         """
         if self._student_backend is None:
             backend = Tokenizer.from_str(self.student_tokenizer.backend_tokenizer.to_str())
@@ -460,15 +511,180 @@ class TokenAligner:
             else:
                 content = self.teacher_tokenizer.convert_ids_to_tokens(token)
                 mapped = student_specials.get(content)
-                if mapped is None:
-                    raise ValueError(
-                        f"The teacher row holds the special token {content!r} (id {token}), which the student's "
-                        "tokenizer has no token for: its text cannot be given to the student."
-                    )
+                if mapped is None:  # (a `<bos>` inside grouped text): not text, so the student reads nothing here
+                    continue
             ids.append(mapped)
             if teacher_labels is not None:
                 labels.append(mapped if teacher_labels[item[1]] != -100 else -100)
         return ids, None if teacher_labels is None else labels
+
+    # --- two renderings of the same messages (each side's own chat template) ------------------------------------
+    def _elements(self, side: int, ids: list[int], content: list[int] | None) -> tuple:
+        """One side's row as matcher input: `(elements, token_start, token_end, words, word_start)`: the element
+        sequence (bytes, `_EOS`, separators), each token's `[start, end)` in it, and its words with their element
+        offsets (plus a final end offset)."""
+        if side == 0:
+            table, start, eos = self.student_bytes, self.student_start, self.student_tokenizer.eos_token_id
+        else:
+            table, start, eos = self.teacher_bytes, self.teacher_start, self.teacher_tokenizer.eos_token_id
+        n = len(ids)
+        eos_mark = object()
+        pieces: list[Any] = [None] * n  # bytes of a text token, `eos_mark`, or None (a separator)
+        for item in self._split(ids, table, start, eos):
+            if item[0] == "text":
+                for k in range(item[1], item[1] + len(item[2])):
+                    if content is None or content[k]:
+                        pieces[k] = table[ids[k]]
+            elif item[0] == "eos":
+                pieces[item[1]] = eos_mark
+        separator = _SEPARATOR[side]
+        separator_word = ("separator", side)
+        elements: list[int] = []
+        token_start = [0] * n
+        token_end = [0] * n
+        words: list[Any] = []
+        word_start: list[int] = []
+        stretch = bytearray()
+        stretch_start = 0
+
+        def flush() -> None:
+            for match in _WORDS.finditer(stretch):
+                words.append(match.group())
+                word_start.append(stretch_start + match.start())
+            stretch.clear()
+
+        for k in range(n):
+            token_start[k] = len(elements)
+            piece = pieces[k]
+            if piece is None or piece is eos_mark:
+                flush()
+                words.append(("eos",) if piece is eos_mark else separator_word)
+                word_start.append(len(elements))
+                elements.append(_EOS if piece is eos_mark else separator)
+            else:
+                if not stretch:
+                    stretch_start = len(elements)
+                stretch += piece
+                elements.extend(piece)
+            token_end[k] = len(elements)
+        flush()
+        word_start.append(len(elements))
+        return elements, token_start, token_end, words, word_start
+
+    @staticmethod
+    def _matched_blocks(student: tuple, teacher: tuple) -> list[tuple[int, int, int]]:
+        """`(student_start, teacher_start, length)` element ranges holding the same elements, in text order: word
+        blocks of `difflib.SequenceMatcher(autojunk=False)`, extended byte by byte at both edges, adjacent ones
+        merged."""
+        s_el, t_el = student[0], teacher[0]
+        s_words, s_pos, t_words, t_pos = student[3], student[4], teacher[3], teacher[4]
+        if s_words == t_words:
+            raw = [(0, 0, len(s_el))] if s_el else []
+        else:
+            matcher = difflib.SequenceMatcher(None, s_words, t_words, autojunk=False)
+            raw = [
+                (s_pos[i], t_pos[j], s_pos[i + size] - s_pos[i])
+                for i, j, size in matcher.get_matching_blocks()
+                if size
+            ]
+        blocks: list[list[int]] = []
+        for k, (a0, b0, length) in enumerate(raw):
+            a1, b1 = a0 + length, b0 + length
+            low_a, low_b = (blocks[-1][1], blocks[-1][3]) if blocks else (0, 0)
+            while a0 > low_a and b0 > low_b and s_el[a0 - 1] == t_el[b0 - 1]:
+                a0, b0 = a0 - 1, b0 - 1
+            high_a, high_b = (raw[k + 1][0], raw[k + 1][1]) if k + 1 < len(raw) else (len(s_el), len(t_el))
+            while a1 < high_a and b1 < high_b and s_el[a1] == t_el[b1]:
+                a1, b1 = a1 + 1, b1 + 1
+            if blocks and blocks[-1][1] == a0 and blocks[-1][3] == b0:
+                blocks[-1][1], blocks[-1][3] = a1, b1
+            else:
+                blocks.append([a0, a1, b0, b1])
+        return [(a0, b0, a1 - a0) for a0, a1, b0, _ in blocks]
+
+    def align_rendered(
+        self,
+        student_ids: list[int],
+        teacher_ids: list[int],
+        student_content: list[int] | None = None,
+        teacher_content: list[int] | None = None,
+    ) -> AlignedExample:
+        """
+        Aligns a student row with a teacher row whose text may differ around a shared text: the same messages
+        rendered by each model's own chat template (different markup, the same contents).
+
+        Each side becomes a sequence of bytes in which every token that is not text (special tokens, the start
+        tokens, tokens of invalid UTF-8, and tokens outside the contents when masks are given) is a separator that
+        matches nothing, and EOS is one element that matches the other side's EOS. The two sequences are matched with
+        `difflib.SequenceMatcher(autojunk=False)` over words (a leading space joins its word), whose blocks are then
+        extended byte by byte and merged when adjacent; chunks are cut only inside matched blocks, at offsets where
+        both tokenizations end a token (a token straddling a block edge is in no chunk), and numbered in text order.
+        A chunk whose first token is token 0 on either side is dropped, and a pair of EOS tokens is a chunk of 0
+        bytes, as in `align`. Rows of the same text (e.g. the teacher row `align` builds) give exactly `align`'s
+        chunks.
+
+        Args:
+            student_ids (`list[int]`): the student's row (no padding).
+            teacher_ids (`list[int]`): the teacher's row (no padding).
+            student_content (`list[int]`, *optional*, length `len(student_ids)`): 1 on the tokens that may be in a
+                chunk (inside a message's content); `None`: every text token.
+            teacher_content (`list[int]`, *optional*, length `len(teacher_ids)`): the same for the teacher's tokens.
+
+        Returns:
+            [`AlignedExample`] whose `teacher_ids` is `teacher_ids`.
+        """
+        student_ids, teacher_ids = list(student_ids), list(teacher_ids)
+        for name, mask, ids in (("student", student_content, student_ids), ("teacher", teacher_content, teacher_ids)):
+            if mask is not None and len(mask) != len(ids):
+                raise ValueError(f"The {name} content mask has {len(mask)} entries for a row of {len(ids)} tokens.")
+        student = self._elements(0, student_ids, student_content)
+        teacher = self._elements(1, teacher_ids, teacher_content)
+        s_start, s_end, t_start, t_end = student[1], student[2], teacher[1], teacher[2]
+        s_el = student[0]
+        s_tok = [-1] * len(student_ids)
+        t_tok = [-1] * len(teacher_ids)
+        chunk_bytes: list[int] = []
+        next_chunk = 0
+        for a0, b0, length in self._matched_blocks(student, teacher):
+            # the tokens lying wholly inside the block, on each side
+            si, si_end = bisect.bisect_left(s_start, a0), bisect.bisect_right(s_end, a0 + length)
+            ti, ti_end = bisect.bisect_left(t_start, b0), bisect.bisect_right(t_end, b0 + length)
+            if si >= si_end or ti >= ti_end:
+                continue
+            # walk both token sequences in block offsets; a boundary is where both end a token
+            s_pos, t_pos = s_start[si] - a0, t_start[ti] - b0
+            while si < si_end and ti < ti_end:
+                if s_pos != t_pos:  # skip to the next common start: tokens before it are in no chunk
+                    if s_pos < t_pos:
+                        s_pos = s_end[si] - a0
+                        si += 1
+                    else:
+                        t_pos = t_end[ti] - b0
+                        ti += 1
+                    continue
+                chunk_start, first_s, first_t = s_pos, si, ti
+                s_pos, t_pos = s_end[si] - a0, t_end[ti] - b0
+                si, ti = si + 1, ti + 1
+                while s_pos != t_pos:
+                    if s_pos < t_pos:
+                        if si >= si_end:
+                            break
+                        s_pos = s_end[si] - a0
+                        si += 1
+                    else:
+                        if ti >= ti_end:
+                            break
+                        t_pos = t_end[ti] - b0
+                        ti += 1
+                if s_pos != t_pos:  # the block ends inside a token: no chunk
+                    break
+                if first_s > 0 and first_t > 0:
+                    s_tok[first_s:si] = [next_chunk] * (si - first_s)
+                    t_tok[first_t:ti] = [next_chunk] * (ti - first_t)
+                    span = s_el[a0 + chunk_start : a0 + s_pos]
+                    chunk_bytes.append(len(span) - span.count(_EOS))
+                    next_chunk += 1
+        return self._example(student_ids, teacher_ids, s_tok, t_tok, chunk_bytes)
 
     # --- public ---------------------------------------------------------------------------------------------------
     def align(self, student_ids: list[int]) -> AlignedExample:
@@ -498,9 +714,49 @@ class TokenAligner:
             `student_next` `(B, T_s)` (indexed by the positions of `input_ids`), `teacher_chunk` `(B, T_t)`,
             `chunk_bytes` `(B, C)`.
         """
+        rows, starts = self._unpadded(input_ids, attention_mask)
+        return self._pack(self._align_many(rows), starts, input_ids.shape[1])
+
+    def collate_rendered(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        teacher_rows: list[list[int]],
+        student_content: list[list[int] | None] | None = None,
+        teacher_content: list[list[int] | None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """
+        Aligns a batch of student rows with the given teacher rows (`align_rendered` per row): what conversational
+        rows rendered by each model's own chat template need (`TEACHER_ROW_COLUMNS`).
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(B, T_s)`): student rows, left- or right-padded.
+            attention_mask (`torch.LongTensor` of shape `(B, T_s)`, *optional*): as in `collate`.
+            teacher_rows (`list[list[int]]`, `B` rows): the teacher's rows (no padding).
+            student_content (`list`, *optional*): per row, the student content mask of its real tokens (or `None`).
+            teacher_content (`list`, *optional*): per row, the teacher content mask (or `None`).
+
+        Returns:
+            `dict[str, torch.LongTensor]` with the [`ALIGNMENT_COLUMNS`], as `collate` (teacher rows right-padded).
+        """
+        rows, starts = self._unpadded(input_ids, attention_mask)
+        if len(teacher_rows) != len(rows):
+            raise ValueError(f"{len(teacher_rows)} teacher rows for a batch of {len(rows)} student rows")
+        none = [None] * len(rows)
+        examples = [
+            self.align_rendered(row, teacher, s_mask, t_mask)
+            for row, teacher, s_mask, t_mask in zip(
+                rows, teacher_rows, student_content or none, teacher_content or none
+            )
+        ]
+        return self._pack(examples, starts, input_ids.shape[1])
+
+    @staticmethod
+    def _unpadded(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[list[list[int]], list[int]]:
+        """The real tokens of each row and where they start (`attention_mask` must be one contiguous block)."""
         if input_ids.dim() != 2:
             raise ValueError(f"`input_ids` must be (batch, tokens), got shape {tuple(input_ids.shape)}")
-        batch, length = input_ids.shape
+        batch = input_ids.shape[0]
         rows = input_ids.tolist()
         starts = [0] * batch
         if attention_mask is not None:
@@ -514,7 +770,12 @@ class TokenAligner:
                     )
                 starts[b] = real[0] if real else 0
                 rows[b] = rows[b][starts[b] : starts[b] + len(real)]
-        examples = self._align_many(rows)
+        return rows, starts
+
+    def _pack(self, examples: list[AlignedExample], starts: list[int], length: int) -> dict[str, torch.Tensor]:
+        """The [`ALIGNMENT_COLUMNS`] of aligned rows: student columns placed at each row's `start`, teacher rows
+        right-padded."""
+        batch = len(examples)
         t_len = max((len(e.teacher_ids) for e in examples), default=0)
         c_len = max((len(e.chunk_bytes) for e in examples), default=0)
         teacher_input_ids = torch.full((batch, t_len), self.teacher_pad_id, dtype=torch.long)
@@ -553,3 +814,55 @@ def alignment_record(method: str, aligner: TokenAligner, shared_tokens: int) -> 
         "teacher_tokenizer_sha256": tokenizer_hash(aligner.teacher_tokenizer),
         "shared_tokens": shared_tokens,
     }
+
+
+def _teacher_lengths(data: bytes, pieces: list[bytes | None]) -> list[int] | None:
+    """Byte lengths of the teacher's tokens of a text segment `data`, `None` when they do not rebuild it. A space the
+    teacher's normalizer put in front (SentencePiece's dummy prefix, Llama 2's `▁`) belongs to no byte of the text: its
+    first token is one byte shorter."""
+    if None in pieces:
+        return None
+    joined = b"".join(pieces)
+    lengths = [len(p) for p in pieces]
+    if joined == data:
+        return lengths
+    if pieces and joined == b" " + data and pieces[0].startswith(b" "):
+        lengths[0] -= 1
+        return lengths
+    return None
+
+
+def _cut_run(item: tuple, size: int) -> tuple[tuple, tuple] | None:
+    """A text run `("text", first token, token byte lengths, bytes)` cut after its first `size` bytes, when a token
+    ends there; `None` otherwise."""
+    _, first, lengths, data = item
+    total = 0
+    for k, length in enumerate(lengths):
+        total += length
+        if total == size:
+            return ("text", first, lengths[: k + 1], data[:size]), (
+                "text",
+                first + k + 1,
+                lengths[k + 1 :],
+                data[size:],
+            )
+        if total > size:
+            return None
+    return None
+
+
+def _matched_runs(student: list[tuple], teacher: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """Both sides' runs, a run cut where the other side has two: a teacher special token the student has no token
+    for (a `<bos>` inside a row of grouped text) splits the teacher's text but not the student's."""
+    student, teacher = list(student), list(teacher)
+    k = 0
+    while k < min(len(student), len(teacher)):
+        a, b = student[k], teacher[k]
+        if a[0] == b[0] == "text" and len(a[3]) != len(b[3]):
+            longer, shorter = (student, teacher) if len(a[3]) > len(b[3]) else (teacher, student)
+            if longer[k][3].startswith(shorter[k][3]):
+                parts = _cut_run(longer[k], len(shorter[k][3]))
+                if parts is not None:
+                    longer[k : k + 1] = list(parts)
+        k += 1
+    return student, teacher

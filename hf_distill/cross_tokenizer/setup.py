@@ -15,7 +15,7 @@ from ..teacher.setup import place_live_teacher, resolve_teacher
 from ..teacher.vocabulary import VocabularyCheck, check_vocabulary, output_vocab_size
 from .alignment import TokenAligner
 from .teacher import CrossTokenizerTeacher
-from .vocabulary import SharedVocabulary, tokenizer_hash
+from .vocabulary import SharedVocabulary, token_bytes, tokenizer_hash
 
 logger = get_logger(__name__)
 
@@ -72,6 +72,20 @@ def setup_cross_tokenizer_teacher(
                 f"cross_tokenizer distils causal language models (next-token prediction over a vocabulary); the "
                 f"{role} is a {type(model).__name__}. Leave cross_tokenizer unset for other tasks."
             )
+    for role, model, tokenizer, argument in (
+        ("student", student, student_tokenizer, "processing_class"),
+        ("teacher", module, teacher_tokenizer, "teacher_processing_class"),
+    ):
+        rows = output_vocab_size(model)
+        if rows is not None and len(tokenizer) > rows:
+            raise ValueError(
+                f"The {role}'s tokenizer has {len(tokenizer)} tokens but the {role}'s head has {rows} rows: is "
+                f"`{argument}` the {role}'s own tokenizer? (Resize the model's embeddings if tokens were added.)"
+            )
+        try:
+            token_bytes(tokenizer)
+        except ValueError as error:  # say whose tokenizer cannot be read as bytes
+            raise ValueError(f"The {role}'s tokenizer (`{argument}`): {error}") from error
     vocabulary = SharedVocabulary.build(
         student_tokenizer, teacher_tokenizer, output_vocab_size(student), output_vocab_size(module)
     )

@@ -13,7 +13,7 @@ from ..losses.reduction import align_for_prediction, position_mask
 from ..modeling.lm_head import capture_head_input, check_head, linear_head
 from ..teacher.live import LiveTeacher
 from ..teacher.model import run_teacher, teacher_forward
-from .alignment import ALIGNMENT_COLUMNS, TokenAligner, alignment_record
+from .alignment import ALIGNMENT_COLUMNS, TEACHER_ROW_COLUMNS, TokenAligner, alignment_record
 from .vocabulary import SharedVocabulary, tokenizer_hash
 
 # Teacher rows projected at once when its head is applied block by block (~64 MiB of float32 logits per block).
@@ -31,7 +31,9 @@ class CrossTokenizerTeacher(LiveTeacher):
     the teacher's tokenizer, and the two tokenizations are cut into chunks at the byte offsets where both end a token
     (`hf_distill.cross_tokenizer.alignment`). The alignment columns come from the collator when it ran
     (`prepare_training_data` wraps it); batches built elsewhere (on-policy completions, a custom loop) are aligned
-    here.
+    here. Conversational rows that carry the teacher's own rendering (`teacher_input_ids` from
+    `tokenize_for_distillation(..., teacher_tokenizer=...)`) are aligned with it on the message contents
+    (`TokenAligner.collate_rendered`) instead of re-tokenizing the student's text.
 
     Args:
         model (`nn.Module`): the frozen, placed teacher (a causal LM).
@@ -67,6 +69,11 @@ class CrossTokenizerTeacher(LiveTeacher):
         """The user's collator, followed by the alignment of every batch it builds (on the data loader's side)."""
         return train_dataset, AligningCollator(data_collator, self.aligner)
 
+    def input_columns(self) -> tuple[str, ...]:
+        """The teacher model's inputs and the per-row `TEACHER_ROW_COLUMNS` (its own rendering of chat rows), which
+        must survive `remove_unused_columns` to reach the collator."""
+        return (*super().input_columns(), *TEACHER_ROW_COLUMNS)
+
     def aligned_features(self, features: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The alignment columns of a batch, on the student's device: taken from the batch, or computed now."""
         input_ids = features["input_ids"]
@@ -85,6 +92,7 @@ class CrossTokenizerTeacher(LiveTeacher):
         self, features: dict[str, Any], labels: torch.Tensor | None, *, chunked: bool = False
     ) -> AlignedTeacher:
         columns = self.aligned_features(features)
+        self._check_length(columns["teacher_input_ids"].shape[1])
         teacher_inputs = self._teacher_inputs(columns)
         if chunked:  # its (B, T_t, V_t) logits are never built: projected block by block below
             with capture_head_input(self.model) as hidden:
@@ -107,7 +115,7 @@ class CrossTokenizerTeacher(LiveTeacher):
         buckets = len(self.vocabulary.student_to_shared) if self.method == "uld" else self.vocabulary.num_buckets
         eager = selection.num_chunks * buckets <= _EAGER_FIRST_ROW_ELEMENTS
         teacher_to_shared = self.vocabulary.teacher_to_shared.to(teacher_ids.device)
-        first_rows, tail, chunk_logprob = teacher_targets(
+        first_rows, tail, chunk_logprob, top_bucket = teacher_targets(
             self.method,
             output,
             teacher_next,
@@ -118,6 +126,7 @@ class CrossTokenizerTeacher(LiveTeacher):
             len(self.vocabulary.student_to_shared),
             max(1, _TEACHER_BLOCK_ELEMENTS // width),
             first_rows=eager,
+            top_bucket=True,
         )
         rows_for = None
         if not eager:
@@ -139,7 +148,19 @@ class CrossTokenizerTeacher(LiveTeacher):
             tail=tail,
             chunk_logprob=chunk_logprob,
             rows_for=rows_for,
+            top_bucket=top_bucket,
         )
+
+    def _check_length(self, length: int) -> None:
+        """The teacher's tokenization of a row can be longer than the student's: refuse what its positions cannot
+        hold (an index error deep in its embedding otherwise, or silent extrapolation for rotary positions)."""
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if isinstance(limit, int) and length > limit:
+            raise ValueError(
+                f"The teacher's tokenization of this batch is {length} tokens long, more than its "
+                f"max_position_embeddings={limit}: cut the student's rows shorter (block_size / max_length) so that "
+                "the same text fits the teacher too."
+            )
 
     def outputs(self, features: dict[str, Any], labels: torch.Tensor | None) -> Any:
         raise TypeError(
@@ -189,7 +210,37 @@ class AligningCollator:
         self.aligner = aligner
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        # The teacher's own rendering of chat rows (ragged lists the user's collator would choke on) is taken out
+        # first, and aligned with the student's rendering once the batch is built.
+        rendered = None
+        if features and isinstance(features[0], dict) and "teacher_input_ids" in features[0]:
+            features = [dict(feature) for feature in features]
+            rendered = {name: [feature.pop(name, None) for feature in features] for name in TEACHER_ROW_COLUMNS}
         batch = self.collator(features)
         if "input_ids" in batch and torch.is_tensor(batch["input_ids"]):
-            batch.update(self.aligner.collate(batch["input_ids"], _cpu(batch.get("attention_mask"))))
+            attention_mask = _cpu(batch.get("attention_mask"))
+            if rendered is None:
+                batch.update(self.aligner.collate(batch["input_ids"], attention_mask))
+            else:
+                batch.update(
+                    self.aligner.collate_rendered(
+                        batch["input_ids"],
+                        attention_mask,
+                        [_ints(row) for row in rendered["teacher_input_ids"]],
+                        _masks(rendered["content_mask"]),
+                        _masks(rendered["teacher_content_mask"]),
+                    )
+                )
         return batch
+
+
+def _masks(rows: list[Any]) -> list[list[int] | None] | None:
+    """Per-row content masks as lists (`None` when no row has one)."""
+    if all(row is None for row in rows):
+        return None
+    return [None if row is None else _ints(row) for row in rows]
+
+
+def _ints(row: Any) -> list[int]:
+    """A row of ids as a list of ints (lists, tuples, arrays and tensors alike)."""
+    return [int(v) for v in (row.tolist() if hasattr(row, "tolist") else row)]

@@ -90,7 +90,11 @@ def tokenizer_hash(tokenizer: Any) -> str:
         cached = None
     if cached is not None and cached[0] == size:
         return cached[1]
-    digest = "sha256:" + hashlib.sha256(backend.to_str().encode("utf-8")).hexdigest()
+    # Truncation and padding are call settings the tokenizer's own `__call__` changes on the backend: not identity.
+    state = json.loads(backend.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    digest = "sha256:" + hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
     try:
         _HASHES[tokenizer] = (size, digest)
     except TypeError:

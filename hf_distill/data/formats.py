@@ -77,6 +77,7 @@ def tokenize_for_distillation(
     format: str = "auto",  # the recipe's key; shadows the builtin only here
     max_length: int | None = None,
     text_column: str = "text",
+    teacher_tokenizer: Any = None,
 ) -> Dataset:
     """Tokenize a dataset in any TRL format into rows a causal-LM student trains on.
 
@@ -96,6 +97,16 @@ def tokenize_for_distillation(
     - text (`text_column`): the text plus EOS, every token a target (no prompt).
     - tokenized (`input_ids`): returned as it is (no truncation, no columns added or dropped).
 
+    With a `teacher_tokenizer` that has a chat template (a cross-tokenizer teacher, `DistillationConfig.cross_tokenizer`),
+    conversational rows (`messages`, or prompt-completion lists of messages) are also rendered by the *teacher's* chat
+    template (the same messages and generation-prompt choices) and tokenized by the teacher, so the teacher reads its
+    own markup rather than the student's; the trainer aligns the two renderings on the message contents
+    (`TokenAligner.collate_rendered`). Rows then also carry the `TEACHER_ROW_COLUMNS`: `teacher_input_ids`,
+    `teacher_labels` (`-100` on the teacher's prompt side, by the same rule as the student's labels), and
+    `content_mask` / `teacher_content_mask` (1 on each side's tokens that lie inside a message's content). A row cut by
+    `max_length` has its teacher row cut at the same place of the completion's content. Without a teacher chat
+    template, or for plain text, nothing is added and the teacher reads the student's text (one info line says so).
+
     The prompt/completion boundary is the common prefix of the tokenized prompt and prompt + completion (TRL's
     `common_prefix_length`): templates that render a prompt alone differently from a prompt followed by an answer
     are handled as `SFTTrainer` handles them, with a warning naming the dropped prompt text.
@@ -111,6 +122,8 @@ def tokenize_for_distillation(
             `max_length`, and a prompt-only row longer than `max_length`, is refused, naming the row: cutting it would
             leave nothing to learn, or a prompt the student cannot continue. `None`: no limit.
         text_column (`str`, *optional*, defaults to `"text"`): the column of plain text for the `"text"` format.
+        teacher_tokenizer (`PreTrainedTokenizerBase`, *optional*): a cross-tokenizer teacher's tokenizer: its chat
+            template renders the conversational rows for the teacher (see above).
 
     Returns:
         `datasets.Dataset`: the columns `input_ids`, `attention_mask`, `labels` (lists of ints, one length per row),
@@ -154,6 +167,15 @@ def tokenize_for_distillation(
         return dataset
     if format == "conversational" and not getattr(tokenizer, "chat_template", None):
         raise ValueError(_no_template("messages"))
+    teacher = _chat_teacher(dataset, format, teacher_tokenizer)
+    if teacher is not None:
+        pair = functools.partial(_encode_pair, tokenizer=tokenizer, teacher_tokenizer=teacher, format=format)
+        return dataset.map(
+            lambda row, index: pair(row, index, max_length=max_length),
+            with_indices=True,
+            remove_columns=dataset.column_names,
+            desc=f"Tokenizing {format} rows for the student and the teacher",
+        )
     encode = functools.partial(_encode_row, tokenizer=tokenizer, format=format, text_column=text_column)
     return dataset.map(
         lambda row, index: _labelled(*encode(row, index), index=index, format=format, max_length=max_length),
@@ -176,6 +198,20 @@ def _encode_row(row: dict[str, Any], index: int, *, tokenizer: Any, format: str,
     if format == "text":
         ids = tokenizer(_with_eos(row[text_column], tokenizer, index, text_column))["input_ids"]
         return ids, 0
+    example = _example(row, index, format)
+    if is_conversational({"prompt": example["prompt"]}):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"Row {index}: {_no_template('prompt')}")
+        return _encode_chat(example, row, index, tokenizer)
+    prompt_ids = tokenizer(_text(example["prompt"], index, "prompt"))["input_ids"]
+    if "completion" not in example:
+        return prompt_ids, len(prompt_ids)
+    completion = _with_eos(example["completion"], tokenizer, index, "completion")
+    return _prompt_and_completion(prompt_ids, tokenizer(example["prompt"] + completion)["input_ids"], tokenizer)
+
+
+def _example(row: dict[str, Any], index: int, format: str) -> dict[str, Any]:
+    """A chat or prompt-completion row as TRL's prompt(-completion) example, checked."""
     if format == "conversational":
         example = _split_messages(row["messages"], index)
     else:
@@ -189,15 +225,7 @@ def _encode_row(row: dict[str, Any], index: int, *, tokenizer: Any, format: str,
         )
     if isinstance(example["prompt"], list) and not example["prompt"]:
         raise ValueError(f"Row {index}: `prompt` is an empty list; give the prompt's turns, or drop the row.")
-    if is_conversational({"prompt": example["prompt"]}):
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"Row {index}: {_no_template('prompt')}")
-        return _encode_chat(example, row, index, tokenizer)
-    prompt_ids = tokenizer(_text(example["prompt"], index, "prompt"))["input_ids"]
-    if "completion" not in example:
-        return prompt_ids, len(prompt_ids)
-    completion = _with_eos(example["completion"], tokenizer, index, "completion")
-    return _prompt_and_completion(prompt_ids, tokenizer(example["prompt"] + completion)["input_ids"], tokenizer)
+    return example
 
 
 def _split_messages(messages: list[dict[str, Any]] | None, index: int) -> dict[str, list]:
@@ -218,15 +246,19 @@ def _split_messages(messages: list[dict[str, Any]] | None, index: int) -> dict[s
     return {"prompt": messages[:-1], "completion": messages[-1:]}
 
 
-def _encode_chat(example: dict[str, Any], row: dict[str, Any], index: int, tokenizer: Any) -> tuple[list[int], int]:
+def _render_chat(example: dict[str, Any], row: dict[str, Any], index: int, tokenizer: Any) -> dict[str, str]:
     tools = row.get("tools")
     tools = json.loads(tools) if isinstance(tools, str) else tools
     if row.get("chat_template_kwargs"):
         example = {**example, "chat_template_kwargs": row["chat_template_kwargs"]}
     try:
-        text = maybe_apply_chat_template(example, tokenizer, tools=tools)
+        return maybe_apply_chat_template(example, tokenizer, tools=tools)
     except (ValueError, KeyError, TypeError, IndexError, TemplateError) as error:
         raise ValueError(f"Row {index}: the chat template cannot render it ({error}).") from error
+
+
+def _encode_chat(example: dict[str, Any], row: dict[str, Any], index: int, tokenizer: Any) -> tuple[list[int], int]:
+    text = _render_chat(example, row, index, tokenizer)
     # The rendered text carries the template's own special tokens (BOS included): adding them again would double them,
     # as `tokenizer.apply_chat_template(tokenize=True)` knows.
     prompt_ids = tokenizer(text["prompt"], add_special_tokens=False)["input_ids"]
@@ -290,3 +322,100 @@ def _labelled(
         ids = ids[:max_length]
     labels = [IGNORE_INDEX] * prompt_length + list(ids[prompt_length:])
     return {"input_ids": list(ids), "attention_mask": [1] * len(ids), "labels": labels}
+
+
+# ---- conversational rows rendered for a teacher of another tokenizer by its own chat template ----
+
+
+def _chat_teacher(dataset: Dataset, format: str, teacher_tokenizer: Any) -> Any:
+    """The teacher tokenizer when its chat template should render the rows for it, else `None` (logged once when a
+    template is what is missing)."""
+    if teacher_tokenizer is None or format not in ("conversational", "prompt_completion") or len(dataset) == 0:
+        return None
+    if format == "prompt_completion" and not is_conversational({"prompt": dataset[0]["prompt"]}):
+        return None  # plain text: the teacher reads the same text, aligned in the collator
+    if not getattr(teacher_tokenizer, "chat_template", None):
+        logger.info(
+            "The teacher's tokenizer (%s) has no chat template: the teacher reads the conversations as the student's "
+            "chat template renders them (the student's markers as text); no teacher_input_ids column is added.",
+            getattr(teacher_tokenizer, "name_or_path", "") or type(teacher_tokenizer).__name__,
+        )
+        return None
+    return teacher_tokenizer
+
+
+def _chat_side(example: dict[str, Any], row: dict[str, Any], index: int, tokenizer: Any) -> tuple:
+    """One model's rendering of a chat example: `(ids, prompt_length, content_mask, offsets, content_spans)`."""
+    text = _render_chat(example, row, index, tokenizer)
+    prompt_ids = tokenizer(text["prompt"], add_special_tokens=False)["input_ids"]
+    full = text["prompt"] + text.get("completion", "")
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
+    if "completion" in text:
+        ids, prompt_length = _prompt_and_completion(prompt_ids, ids, tokenizer)
+    else:
+        prompt_length = len(ids)
+    spans = _content_spans(full, [*example["prompt"], *example.get("completion", [])])
+    return ids, prompt_length, _inside(offsets, spans), offsets, spans
+
+
+def _content_spans(text: str, messages: list[Any]) -> list[tuple[int, int] | None]:
+    """Per message, the `[start, end)` characters of its content in the rendered `text` (found in order; a template
+    that trims the content is matched by the trimmed content), `None` where it is not found."""
+    spans: list[tuple[int, int] | None] = []
+    cursor = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        span = None
+        if isinstance(content, str) and content.strip():
+            for candidate in (content, content.strip()):
+                start = text.find(candidate, cursor)
+                if start >= 0:
+                    span = (start, start + len(candidate))
+                    cursor = span[1]
+                    break
+        spans.append(span)
+    return spans
+
+
+def _inside(offsets: list[tuple[int, int]], spans: list[tuple[int, int] | None]) -> list[int]:
+    """1 for each token whose characters lie wholly inside one content span (a token straddling an edge is markup)."""
+    found = sorted(span for span in spans if span is not None)
+    mask, k = [], 0
+    for start, end in offsets:
+        while k < len(found) and found[k][1] <= start:
+            k += 1
+        mask.append(int(end > start and k < len(found) and found[k][0] <= start and end <= found[k][1]))
+    return mask
+
+
+def _encode_pair(
+    row: dict[str, Any], index: int, *, tokenizer: Any, teacher_tokenizer: Any, format: str, max_length: int | None
+) -> dict[str, list[int]]:
+    """A chat row rendered for both models: the student's columns plus the `TEACHER_ROW_COLUMNS`."""
+    example = _example(row, index, format)
+    if not is_conversational({"prompt": example["prompt"]}):
+        raise ValueError(
+            f"Row {index}: `prompt` is text, but the dataset's first row is a list of messages; give every row in one "
+            "form."
+        )
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"Row {index}: {_no_template('prompt')}")
+    ids, prompt_length, content, offsets, spans = _chat_side(example, row, index, tokenizer)
+    student = _labelled(ids, prompt_length, index=index, format=format, max_length=max_length)
+    t_ids, t_prompt, t_content, t_offsets, t_spans = _chat_side(example, row, index, teacher_tokenizer)
+    keep = len(t_ids)
+    if len(student["input_ids"]) < len(ids):  # cut by max_length: cut the teacher at the same place of the content
+        end = offsets[len(student["input_ids"]) - 1][1]
+        last, t_last = spans[-1], t_spans[-1]
+        if last is not None and t_last is not None:
+            cut = t_last[0] + min(max(end - last[0], 0), t_last[1] - t_last[0])
+            keep = next((k for k in range(t_prompt, len(t_ids)) if t_offsets[k][1] > cut), len(t_ids))
+    t_ids = t_ids[:keep]
+    return {
+        **student,
+        "teacher_input_ids": t_ids,
+        "teacher_labels": [IGNORE_INDEX] * min(t_prompt, keep) + t_ids[t_prompt:],
+        "content_mask": content[: len(student["input_ids"])],
+        "teacher_content_mask": t_content[:keep],
+    }

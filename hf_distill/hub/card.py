@@ -93,7 +93,8 @@ def _init_text(lineage: Lineage) -> str:
     if init["kind"] == "shared_base":
         return "the teacher's own weights, trained as an adapter"
     if init["kind"] == "pretrained":
-        return f"{_model_link(init)} at {_revision_text(init)}"
+        cut = f"layers {init['layers']} of " if init.get("layers") else ""  # a cut of another model (recipes)
+        return f"{cut}{_model_link(init)} at {_revision_text(init)}"
     return "random (from a config)"
 
 

@@ -217,13 +217,14 @@ def compare_with_teacher(trainer: Any, eval_dataset: Any = None, dataset_name: s
     if dataset is None:
         raise ValueError("compare_with_teacher needs an evaluation set: pass eval_dataset= or give the trainer one.")
     teacher = trainer.teacher
-    if teacher.placement.kind != "replicate":
+    crosses = teacher.alignment_record() is not None  # another tokenizer: scored by the student's evaluation itself
+    if not crosses and teacher.placement.kind != "replicate":
         raise ValueError(
             f"compare_with_teacher needs a teacher replicated on each process; this run places it "
             f"'{teacher.placement.describe()}'. Evaluate the teacher in a separate run."
         )
     student = trainer.evaluate(dataset, metric_key_prefix="eval")
-    if "eval_teacher_bits_per_byte" in student:  # another tokenizer: the eval scored both on the same bytes
+    if crosses and "eval_teacher_bits_per_byte" in student:  # the eval scored both models on the same bytes
         return _cross_tokenizer_comparison(trainer, dataset, dataset_name, student)
     teacher_metrics = evaluate_model(
         teacher.module,
@@ -276,6 +277,6 @@ def _record(
         "ce_loss": {"teacher": teacher_ce, "student": student.get("eval_ce_loss")},
         "kd_loss": student.get("eval_kd_loss"),
         "agreement": student.get("eval_agreement"),
-        "parameters": {"teacher": lineage.teacher["parameters"], "student": lineage.student["parameters"]},
+        "parameters": {"teacher": lineage.teacher.get("parameters"), "student": lineage.student["parameters"]},
         "size_on_disk": {"teacher": lineage.teacher.get("weights_bytes"), "student": None},
     }

@@ -256,8 +256,10 @@ class AlignedTeacher:
         tail (`torch.Tensor` of shape `(n,)`): uld: the teacher's probability mass cut by the truncation; zeros
             otherwise.
         chunk_logprob (`torch.Tensor` of shape `(n,)`): the teacher's log-likelihood of each chunk at T = 1.
-        rows_for (`Callable`, *optional*): `slots -> (first_rows, tail)` for those chunks, when `first_rows` and `tail`
-            are `None` (see `lazy_first_rows`).
+        rows_for (`Callable`, *optional*): `slots -> (first_rows, tail, top_bucket)` for those chunks, when
+            `first_rows` and `tail` are `None` (see `lazy_first_rows`).
+        top_bucket (`torch.Tensor` of shape `(n,)`, *optional*): uld: the shared bucket of the teacher's top token at
+            each chunk's first position (the top-1 agreement); exact/chunk read it from `first_rows`.
     """
 
     method: str
@@ -267,14 +269,17 @@ class AlignedTeacher:
     first_rows: torch.Tensor | None
     tail: torch.Tensor | None
     chunk_logprob: torch.Tensor
-    rows_for: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    rows_for: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+    top_bucket: torch.Tensor | None = None
 
-    def first_rows_at(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(first_rows, tail)` of the chunks `slots` `(f,)`: read from `first_rows`, or (when it is `None`, for long
-        batches: see `lazy_first_rows`) projected now by `rows_for`, so the teacher's side never holds an `(n, K)`
-        tensor and memory stays flat in the sequence length."""
+    def first_rows_at(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`(first_rows, tail, top_bucket)` of the chunks `slots` `(f,)`: read from `first_rows`, or (when it is
+        `None`, for long batches: see `lazy_first_rows`) projected now by `rows_for`, so the teacher's side never holds
+        an `(n, K)` tensor and memory stays flat in the sequence length. `top_bucket` (uld: the shared bucket of the
+        teacher's top token, for the top-1 agreement its sorted rows no longer tell) may be `None`."""
         if self.first_rows is not None:
-            return self.first_rows.index_select(0, slots), self.tail.index_select(0, slots)
+            top = None if self.top_bucket is None else self.top_bucket.index_select(0, slots)
+            return self.first_rows.index_select(0, slots), self.tail.index_select(0, slots), top
         return self.rows_for(slots)
 
 
@@ -315,7 +320,8 @@ def teacher_targets(
     student_vocab: int,
     chunk_size: int,
     first_rows: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    top_bucket: bool = False,
+) -> tuple:
     """The teacher's side of the aligned objective, `chunk_size` of its prediction positions at a time, no gradients.
 
     Args:
@@ -332,9 +338,11 @@ def teacher_targets(
         chunk_size (`int`): teacher positions per block (< 1: all at once).
         first_rows (`bool`, *optional*, defaults to `True`): also compute the first-position targets; `False` returns
             `None` for them (the loss then gets them from `lazy_first_rows`).
+        top_bucket (`bool`, *optional*, defaults to `False`): also return the bucket of the teacher's top token at
+            each chunk's first position (`AlignedTeacher.top_bucket`, with `first_rows`), `-1` without a mapping.
 
     Returns:
-        `(first_rows, tail, chunk_logprob)` as in `AlignedTeacher`, float32.
+        `(first_rows, tail, chunk_logprob)` as in `AlignedTeacher`, float32 (and `top_bucket` `(n,)` when asked).
     """
     _check_method(method)
     keep_first = first_rows
@@ -350,6 +358,7 @@ def teacher_targets(
     width = min(vocab, student_vocab) if uld else num_buckets
     first_rows = torch.zeros(n if keep_first else 0, width, dtype=torch.float32, device=device)
     tail = torch.zeros(n if keep_first else 0, dtype=torch.float32, device=device)
+    top = torch.full((n if keep_first else 0,), -1, dtype=torch.long, device=device)
     chunk_logprob = torch.zeros(n, dtype=torch.float32, device=device)
     next_ids = teacher_next.reshape(-1).to(device)[members]
     if next_ids.numel() and int(next_ids.min()) < 0:
@@ -364,21 +373,26 @@ def teacher_targets(
         if not keep_first or not first.numel():
             continue
         first_slots = block_slots[first]
-        first_rows[first_slots], tail[first_slots] = _first_targets(
+        first_rows[first_slots], tail[first_slots], top[first_slots] = _first_targets(
             logits.index_select(0, first), method, temperature, width, teacher_to_shared, num_buckets
         )
-    return (first_rows, tail, chunk_logprob) if keep_first else (None, None, chunk_logprob)
+    result = (first_rows, tail, chunk_logprob) if keep_first else (None, None, chunk_logprob)
+    return (*result, top if keep_first else None) if top_bucket else result
 
 
 def _first_targets(
     logits: torch.Tensor, method: str, temperature: float, width: int, to_shared: torch.Tensor | None, buckets: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher logits `(f, V_t)` at chunks' first positions -> `(first_rows, tail)` as in `AlignedTeacher`."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher logits `(f, V_t)` at chunks' first positions -> `(first_rows, tail, top_bucket)` as in
+    `AlignedTeacher`."""
     rows = logits / temperature
+    top = torch.full((rows.shape[0],), -1, dtype=torch.long, device=rows.device)
+    if to_shared is not None:
+        top = to_shared.to(rows.device)[rows.argmax(-1)]
     if method == "uld":
         ordered = torch.softmax(rows, dim=-1).sort(dim=-1, descending=True).values  # (f, V_t)
-        return ordered[:, :width], ordered[:, width:].sum(-1)
-    return coarsen(torch.log_softmax(rows, dim=-1), to_shared, buckets), rows.new_zeros(rows.shape[0])
+        return ordered[:, :width], ordered[:, width:].sum(-1), top
+    return coarsen(torch.log_softmax(rows, dim=-1), to_shared, buckets), rows.new_zeros(rows.shape[0]), top
 
 
 def lazy_first_rows(
@@ -390,8 +404,8 @@ def lazy_first_rows(
     temperature: float,
     student_vocab: int,
     tile_elements: int = 2**24,
-) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """`slots -> (first_rows, tail)`: the teacher's first-position targets of those chunks, projected when asked (no
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """`slots -> (first_rows, tail, top_bucket)`: the teacher's first-position targets of those chunks, projected when asked (no
     gradients). The loss asks block by block, so no `(n, K)` tensor is ever held: the price of flat memory on long
     batches is projecting those teacher rows again (and once more when a checkpointed block is recomputed)."""
     _check_method(method)
@@ -400,7 +414,7 @@ def lazy_first_rows(
     step = max(1, tile_elements // vocab)  # teacher rows projected at once: one bounded (rows, V_t) tile
 
     @torch.no_grad()
-    def rows_for(slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rows_for(slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = selection.teacher_first.index_select(0, slots)
         parts = [
             _first_targets(
@@ -413,7 +427,7 @@ def lazy_first_rows(
             )
             for start, end in _blocks(index.numel(), step)
         ]
-        return torch.cat([rows for rows, _ in parts]), torch.cat([tail for _, tail in parts])
+        return tuple(torch.cat([part[i] for part in parts]) for i in range(3))
 
     return rows_for
 
@@ -503,7 +517,7 @@ def _first_position_kd(
     objective: KDObjective, rows: torch.Tensor, teacher: AlignedTeacher, slots: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KD summed over chunks' first positions (T² applied) and the top-1 agreement, from student logits `(f, V_s)`."""
-    targets, tail = teacher.first_rows_at(slots)
+    targets, tail, top = teacher.first_rows_at(slots)
     temperature = objective.kd_temperature
     if teacher.method == "uld":
         ordered = torch.softmax(rows / temperature, dim=-1).sort(dim=-1, descending=True).values  # (f, V_s)
@@ -514,7 +528,11 @@ def _first_position_kd(
         # W1 between the two sorted vectors, both padded with zeros to the wider vocabulary: the mass either side
         # cut off (the student's here, the teacher's `tail`) adds to the distance.
         distance = (kept - targets).abs().sum(-1) + ordered[:, width:].sum(-1) + tail
-        return distance.sum() * objective.kd_scale, distance.new_zeros((), dtype=torch.long)
+        agreement = distance.new_zeros((), dtype=torch.long)
+        if top is not None and teacher.student_to_shared is not None:  # the buckets of both models' top tokens
+            student_top = teacher.student_to_shared.to(rows.device)[rows.detach().argmax(-1)]
+            agreement = ((student_top == top) & (top >= 0)).sum()
+        return distance.sum() * objective.kd_scale, agreement
     teacher_top = targets.argmax(-1, keepdim=True)  # before the divergence overwrites `targets`
     value, student = _CoarsenedDivergence.apply(
         rows, targets, teacher.student_to_shared, teacher.num_buckets, objective

@@ -264,7 +264,16 @@ class CrossTokenizerCachedTeacher(CachedTeacher):
             first_rows=first_rows,
             tail=tail,
             chunk_logprob=chunk_logprob,
+            top_bucket=self._top_bucket(column[IDS], logprobs, selection),
         )
+
+    def _top_bucket(self, ids: torch.Tensor, logprobs: torch.Tensor, selection: Any) -> torch.Tensor:
+        """`(n,)`: the shared bucket of the teacher's top cached token at each chunk's first position."""
+        k = ids.shape[-1]
+        first_ids = ids.reshape(-1, k).index_select(0, selection.teacher_first)
+        first_logprobs = logprobs.reshape(-1, k).index_select(0, selection.teacher_first)
+        top = first_ids.gather(1, first_logprobs.argmax(-1, keepdim=True)).squeeze(1).long()
+        return self.vocabulary.teacher_to_shared.to(top.device)[top]
 
     def describe(self) -> str:
         return f"{super().describe()} through a {self.method} cross-tokenizer alignment"

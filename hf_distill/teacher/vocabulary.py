@@ -151,7 +151,8 @@ def check_vocabulary(
         raise ValueError(
             f"The student {verb} {student_size} tokens and the teacher over {teacher_size}, and without "
             f"{missing} it cannot be checked that they share one tokenizer.{why} Pass the student's tokenizer as "
-            "`processing_class` and the teacher's as `teacher_processing_class`."
+            "`processing_class` and the teacher's as `teacher_processing_class` (and, for causal LMs whose "
+            "tokenizers differ, set cross_tokenizer='auto' in DistillationConfig)."
         )
     message = (
         f"The tokenizer check was skipped: without {missing} it cannot be verified that teacher and student "
