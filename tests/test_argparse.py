@@ -153,8 +153,10 @@ def test_every_distillation_flag_parses_and_reaches_the_trainer(folders):
         "generation_backend": "transformers",
         "log_completions": True,
         "eval_on_policy": False,
+        "cross_tokenizer": None,  # needs two tokenizers: parsed in test_cross_tokenizer_flag_parses
     }
-    assert set(result["fields"]) == {f.name for f in DISTILLATION_FIELDS}  # every field was given above
+    given = {f.name for f in DISTILLATION_FIELDS} - {"cross_tokenizer"}
+    assert set(result["fields"]) == given | {"cross_tokenizer"}  # every other field was given above
     assert result["teacher_dtype"] == "torch.bfloat16" and result["steps"] == 1
 
 
@@ -259,3 +261,15 @@ def test_the_seq2seq_config_parses_distillation_and_generation_flags_alike(tmp_p
         assert "".join(f.metadata["help"].split()) in squeezed, f.name
     with pytest.raises(TypeError, match="kd_chunk_size=1.5 is not an integer"):
         Seq2SeqDistillationConfig(output_dir=str(tmp_path), kd_chunk_size=1.5)
+
+
+def test_cross_tokenizer_flag_parses_and_refuses_an_unknown_method():
+    from transformers import HfArgumentParser
+
+    from hf_distill import DistillationConfig
+
+    parser = HfArgumentParser(DistillationConfig)
+    (args,) = parser.parse_args_into_dataclasses(["--output_dir", "o", "--cross_tokenizer", "auto", "--use_cpu"])
+    assert args.cross_tokenizer == "auto"
+    with pytest.raises(SystemExit):  # argparse: "invalid choice: 'exat' (choose from auto, uld, exact, chunk)"
+        parser.parse_args_into_dataclasses(["--output_dir", "o", "--cross_tokenizer", "exat"])
