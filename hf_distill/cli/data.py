@@ -29,7 +29,7 @@ def _blocks(token_ids: list[int], block_size: int, prompt_length: int | None = N
     return Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block_size] * n, "labels": labels})
 
 
-def causal_lm_datasets(spec: DataSpec, tokenizer: Any) -> tuple[Dataset, Dataset]:
+def causal_lm_datasets(spec: DataSpec, tokenizer: Any, teacher_tokenizer: Any = None) -> tuple[Dataset, Dataset]:
     """Train and eval rows, holding out the *last* `eval_fraction` of them (a contiguous tail, so no evaluation text
     is seen in training).
 
@@ -42,7 +42,7 @@ def causal_lm_datasets(spec: DataSpec, tokenizer: Any) -> tuple[Dataset, Dataset
         text = read_text(spec.text_file)
     else:
         table = load_dataset(spec.dataset, data_files=spec.data_files, split=spec.split)
-        rows = _formatted_rows(table, spec, tokenizer)
+        rows = _formatted_rows(table, spec, tokenizer, teacher_tokenizer)
         if rows is not None:
             if spec.prompt_length is not None:
                 raise ValueError(
@@ -69,15 +69,17 @@ def causal_lm_datasets(spec: DataSpec, tokenizer: Any) -> tuple[Dataset, Dataset
     return _split_tail(blocks, spec)
 
 
-def _formatted_rows(table: Dataset, spec: DataSpec, tokenizer: Any) -> Dataset | None:
-    """The table's rows tokenized by their LLM dataset format, or `None` for plain text (cut into blocks instead)."""
+def _formatted_rows(table: Dataset, spec: DataSpec, tokenizer: Any, teacher_tokenizer: Any = None) -> Dataset | None:
+    """The table's rows tokenized by their LLM dataset format, or `None` for plain text (cut into blocks instead);
+    with a `teacher_tokenizer` (another family), conversations are also rendered by its chat template."""
     try:
         data_format = detect_format(table, text_column=spec.text_column) if spec.format == "auto" else spec.format
         if data_format == "text":
             return None
         return tokenize_for_distillation(
-            table, tokenizer, format=data_format, max_length=spec.max_length, text_column=spec.text_column
-        )
+            table, tokenizer, format=data_format, max_length=spec.max_length, text_column=spec.text_column,
+            teacher_tokenizer=teacher_tokenizer,
+        )  # fmt: skip
     except ValueError as error:
         raise ValueError(f"data: {error}") from None
 

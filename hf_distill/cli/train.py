@@ -126,10 +126,11 @@ def load_student(recipe: Recipe, teacher: Any, auto: Any, load_kwargs: dict[str,
     return record_source(cut, source, folder)
 
 
-def load_data(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """Train and eval datasets, their collator, and the head's loading arguments (labels of a classifier)."""
+def load_data(recipe: Recipe, tokenizer: Any, teacher_tokenizer: Any = None) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Train and eval datasets, their collator, and the head's loading arguments (labels of a classifier). With a
+    `teacher_tokenizer` of another family, conversational rows are also rendered by the teacher's chat template."""
     if recipe.task == "causal_lm":
-        train, evaluation = causal_lm_datasets(recipe.data, tokenizer)
+        train, evaluation = causal_lm_datasets(recipe.data, tokenizer, teacher_tokenizer)
         lengths = {len(ids) for split in (train, evaluation) if split is not None for ids in split["input_ids"]}
         if len(lengths) > 1:  # rows of their own lengths (formatted or tokenized rows), in either split: pad them
             return train, evaluation, DataCollatorForSeq2Seq(tokenizer, padding=True), {}
@@ -165,7 +166,8 @@ def load_recipe_parts(recipe: Recipe) -> Loaded:
     teacher_path, teacher_tokenizer = load_tokenizer(recipe)
     # Across tokenizers the rows are the student's tokens: the trainer re-tokenizes their text for the teacher.
     tokenizer = load_student_tokenizer(recipe) if crosses_tokenizers(recipe) else teacher_tokenizer
-    train, evaluation, collator, load_kwargs = load_data(recipe, tokenizer)
+    crossing = teacher_tokenizer if tokenizer is not teacher_tokenizer else None
+    train, evaluation, collator, load_kwargs = load_data(recipe, tokenizer, crossing)
     teacher = load_teacher_model(recipe, **load_kwargs)
     student = load_student(recipe, teacher, auto, load_kwargs)
     logger.info(f"{len(train)} training and {len(evaluation)} evaluation examples")
