@@ -44,9 +44,10 @@ def _layout(tokens: int):
     return torch.tensor([student_chunk]), torch.tensor([teacher_chunk]), last + 1
 
 
-def _run(variant: str, tokens: int) -> dict:
+def _run(variant: str, tokens: int, vocab: tuple[int, int] = (V_S, V_T)) -> dict:
     import torch
 
+    V_S, V_T = vocab  # noqa: N806 - the module's names, smaller for a smoke run
     from hf_distill.losses import (
         AlignedTeacher,
         ChunkLayout,
@@ -111,17 +112,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, nargs="*", default=[1024, 4096])
     parser.add_argument("--variants", nargs="*", default=VARIANTS)
+    parser.add_argument("--vocab", type=int, nargs=2, default=[V_S, V_T], help="student and teacher vocabularies")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_run(args.child[0], int(args.child[1]))))
+        print(json.dumps(_run(args.child[0], int(args.child[1]), tuple(args.vocab))))
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     results = {}
     for variant in args.variants:
         for tokens in args.tokens:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", variant, str(tokens)], env=env, capture_output=True, text=True
+                [sys.executable, __file__, "--child", variant, str(tokens), "--vocab", *map(str, args.vocab)],
+                env=env,
+                capture_output=True,
+                text=True,
             )
             if out.returncode:
                 raise SystemExit(out.stderr[-3000:])

@@ -85,6 +85,15 @@ def test_bench_shared_base_needs_no_second_copy_of_the_weights():
     assert _number(saved.split(": ")[1]) > 0, saved
 
 
+def test_bench_cross_tokenizer_runs_beside_the_same_tokenizer_loss():
+    variants = ("same_tokenizer", "cross_chunk", "cross_uld")
+    out = _run("bench_cross_tokenizer.py", "--tokens", "64", "--vocab", "512", "2048", "--variants", *variants)
+    (table,) = _tables(out)
+    assert table[0] == ["variant", "N", "time", "peak memory", "peak at N=64 / N=64"]
+    assert {(row[0], row[1]) for row in table[1:]} == {(v, "64") for v in variants}
+    assert all(_number(row[2]) > 0 for row in table[1:])
+
+
 def test_bench_offline_the_cache_is_a_small_fraction_of_dense_logits_and_shrinks_with_the_dtype():
     out = _run("bench_offline.py", "--vocab", "512", "--k", "8", "--repeats", "1", "--seq-len", "32", "--rows", "4")
     storage, step = _tables(out)
