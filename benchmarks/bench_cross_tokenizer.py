@@ -9,7 +9,9 @@ gives them: student H=256, V_s=32,768; teacher H=256, V_t=131,072 (a different v
 teacher token of its own bytes, the teacher's other 98,304 tokens fall in the rest bucket). The alignment cuts the text
 into chunks of 1 to 3 student tokens against 1 to 2 teacher tokens. Peak memory is the process's high-water mark above
 what the inputs hold (`process_memory.py`). Flat in the sequence length means the 4x-longer batch peaks at about the
-same memory.
+same memory. On glibc, run it with `MALLOC_MMAP_THRESHOLD_=131072`: the default threshold rises after the first
+multi-MB block is freed, and blocks freed later stay in the heap, so the high-water mark then grows with the number of
+loss blocks although live tensors do not (README, "Different tokenizers").
 """
 
 from __future__ import annotations

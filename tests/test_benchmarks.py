@@ -91,7 +91,7 @@ def test_bench_cross_tokenizer_runs_beside_the_same_tokenizer_loss():
     (table,) = _tables(out)
     assert table[0] == ["variant", "N", "time", "peak memory", "peak at N=64 / N=64"]
     assert {(row[0], row[1]) for row in table[1:]} == {(v, "64") for v in variants}
-    assert all(_number(row[2]) > 0 for row in table[1:])
+    assert all(_number(row[2]) >= 0 and row[3].endswith(" MB") for row in table[1:])  # a tiny step may print 0.00 s
 
 
 def test_bench_offline_the_cache_is_a_small_fraction_of_dense_logits_and_shrinks_with_the_dtype():
