@@ -110,10 +110,9 @@ def run_seed(seed, teacher, control, initial, train, evaluation, tokenizers, opt
     return rows
 
 
-def profile(teacher, train, tokenizers, steps: int = 6) -> None:
+def profile(teacher, student, train, tokenizers, steps: int = 6) -> None:
     """Alignment (text -> teacher tokens -> chunks, in the collator) and vocabulary mapping (coarsening both models'
     distributions onto the shared buckets) per training step, against the whole step, at the benchmark's size."""
-    import hf_distill.cross_tokenizer.teacher as teacher_module
     import hf_distill.losses.cross_tokenizer as losses
 
     spent = {"alignment": 0.0, "mapping": 0.0}
@@ -134,7 +133,7 @@ def profile(teacher, train, tokenizers, steps: int = 6) -> None:
     try:
         with tempfile.TemporaryDirectory() as out:
             trainer = DistillationTrainer(
-                model=student_from_teacher_layers(tokenizers[2], LAYERS), teacher_model=teacher,
+                model=student, teacher_model=teacher,
                 args=_args(DistillationConfig, out, steps, 0, preflight="off", cross_tokenizer="chunk"),
                 train_dataset=train, data_collator=default_data_collator, processing_class=tokenizers[0],
                 teacher_processing_class=tokenizers[1],
@@ -144,7 +143,6 @@ def profile(teacher, train, tokenizers, steps: int = 6) -> None:
             total = time.perf_counter() - start
     finally:
         TokenAligner.collate, losses.coarsen = original_collate, original_coarsen
-        del teacher_module
     share = {k: 100 * v / total for k, v in spent.items()}
     print(
         f"per step over {steps} steps (4 blocks): step {1000 * total / steps:.0f} ms, alignment "
@@ -182,10 +180,10 @@ def main() -> None:
     record_source(teacher, source_of(TEACHER), teacher_path)
     control = AutoModelForCausalLM.from_pretrained(student_path, dtype=torch.float32)
     record_source(control, source_of(STUDENT_SOURCE), student_path)
-    if options.profile:
-        profile(teacher, train, (student_tokenizer, teacher_tokenizer, control))
-        return
     initial = student_from_teacher_layers(control, LAYERS)
+    if options.profile:
+        profile(teacher, initial, train, (student_tokenizer, teacher_tokenizer))
+        return
     runs = []
     with tempfile.TemporaryDirectory() as out:
         for seed in options.seeds:
