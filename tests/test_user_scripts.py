@@ -291,3 +291,39 @@ def test_on_policy_script_mistakes_end_with_one_line_naming_the_flag(tmp_path, f
     last = (run.stderr.strip().splitlines() or [""])[-1]
     assert named in last, run.stderr[-3000:]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing trained or written
+
+
+def _cross_tokenizer_folders(root: Path) -> None:
+    """A byte-level BPE student and a teacher with a SentencePiece-style tokenizer (its own, in its folder)."""
+    from tokenizer_pairs import CORPUS, byte_level_bpe, sentencepiece_bpe, tiny_causal_lm
+
+    torch.manual_seed(0)
+    for name, tokenizer, hidden in (("student", byte_level_bpe(), 32), ("teacher", sentencepiece_bpe(), 48)):
+        tiny_causal_lm(len(tokenizer), hidden=hidden, pad_token_id=tokenizer.pad_token_id).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    (root / "train.txt").write_text("\n".join(CORPUS) + "\n")
+    (root / "validation.txt").write_text("\n".join(CORPUS[:8]) + "\n")
+
+
+CROSS_ARGS = [
+    "--model_name_or_path", "student", "--teacher_name_or_path", "teacher", "--train_file", "train.txt",
+    "--validation_file", "validation.txt", "--block_size", "16", "--do_train", "--do_eval", "--max_steps", "2",
+    "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", "--output_dir", "out", *COMMON,
+]  # fmt: skip
+
+
+def test_run_clm_shape_across_tokenizers_with_the_flag_and_without_it(tmp_path):
+    _cross_tokenizer_folders(tmp_path)
+    run_script("distill_clm.py", [*CROSS_ARGS, "--cross_tokenizer", "auto", "--ce_weight", "0.5"], tmp_path)
+    metrics = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    for who in ("student", "teacher"):  # per-token losses of two tokenizers are not comparable; bytes are
+        assert 0.5 < metrics[f"eval_{who}_bits_per_byte"] < 12, metrics
+    lineage = json.loads((tmp_path / "out" / "distillation_lineage.json").read_text())
+    assert lineage["objective"]["cross_tokenizer"]["method"] == "chunk"
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").convert_ids_to_tokens([0]) == ["<|endoftext|>"]
+    # the mistakes: the flag forgotten, then mistyped; each ends in a message naming the field, nothing written
+    forgot = run_script("distill_clm.py", [*CROSS_ARGS, "--output_dir", "out2"], tmp_path, expect_ok=False)
+    assert forgot.returncode != 0 and "cross_tokenizer='auto'" in forgot.stderr
+    typo = run_script("distill_clm.py", [*CROSS_ARGS, "--cross_tokenizer", "exat"], tmp_path, expect_ok=False)
+    assert typo.returncode == 2 and "--cross_tokenizer" in typo.stderr and "invalid choice" in typo.stderr
+    assert not (tmp_path / "out2" / "model.safetensors").exists()
