@@ -58,6 +58,7 @@ from .training.chunking import heads_reproduce_logits, resolve_chunk_size
 from .training.finite import FiniteCheck
 from .training.metrics import DistillationMetrics, label_loss
 from .training.output_guard import check_output_dir
+from .training.process_group import destroy_gloo_group_at_exit
 
 logger = get_logger(__name__)
 
@@ -142,6 +143,7 @@ class DistillationTrainer(PublishingMixin, Trainer):
         # one given by name is checked once loaded (below).
         check_problem_type(teacher_model, "teacher")
         super().__init__(wrap_student(model, peft_config), args, *trainer_args, **trainer_kwargs)
+        destroy_gloo_group_at_exit()  # a CPU launch that finished must not abort at exit (see the module)
         self.kd_objective: KDObjective = kd_objective_from_args(self.args)
         on_policy = OnPolicySettings.from_args(self.args)
         cached = uses_cache(teacher_model, teacher_cache, self.args)
