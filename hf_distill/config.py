@@ -42,6 +42,29 @@ class DistillationConfig(TrainingArguments):
             Teacher to load when the trainer is given no `teacher_model`: a Hub id or a local folder.
         teacher_trust_remote_code (`bool`, *optional*, defaults to `False`):
             Allow the teacher's repository to run its own Python code when loading. Off unless you turn it on.
+        teacher_top_k (`int`, *optional*, defaults to 20):
+            A served teacher (`teacher_model="openai-compatible:<base_url>#<model>"`, README "Served teachers"): the
+            log-probabilities it returns per position; the KD term is the sparse one over them plus a tail bucket
+            (exact at k = vocabulary size). vLLM allows 20 unless started with a larger `--max-logprobs`.
+        teacher_request_concurrency (`int`, *optional*, defaults to 2):
+            A served teacher: scoring requests in flight at once (one request a batch).
+        teacher_request_timeout (`float`, *optional*, defaults to 120.0):
+            A served teacher: seconds one request may take before it counts as failed.
+        teacher_request_retries (`int`, *optional*, defaults to 3):
+            A served teacher: retries, with exponential backoff, after a connection error, a timeout or an HTTP
+            429/5xx; then training stops with an error (never a skipped batch).
+        teacher_prefetch (`int`, *optional*, defaults to 2):
+            A served teacher: batches fetched and sent for scoring ahead of the one the student trains on, so that
+            the server works while the student does. 0 reads nothing ahead. The batch order is unchanged.
+        teacher_api_key_env (`str`, *optional*):
+            A served teacher: the name of the environment variable that holds its API key (the key itself is never
+            an argument, so it never reaches saved arguments, logs or cards).
+        teacher_provider (`str`, *optional*):
+            A served teacher: the provider whose terms of service bind its outputs (`openai`, `anthropic`,
+            `google-gemini-api`, or any name); default from the URL's host, none for a server of your own.
+        teacher_license (`str`, *optional*):
+            A served teacher: the served model's license id (e.g. `apache-2.0`), which hf_distill cannot read from a
+            server; unknown licenses need `acknowledge_teacher_license=True` to push.
         cross_tokenizer (`str`, *optional*):
             Distil from a teacher whose tokenizer differs from the student's (causal LMs). `None` (default) refuses
             such a teacher. Otherwise the teacher reads the same text tokenized by its own tokenizer, the two
@@ -159,6 +182,33 @@ class DistillationConfig(TrainingArguments):
     teacher_trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Let the teacher's repository run its own Python code when loading. Off by default."},
+    )
+    teacher_top_k: int = field(
+        default=20,
+        metadata={"help": "Served teacher: log-probabilities requested per position (vLLM allows 20 by default)."},
+    )
+    teacher_request_concurrency: int = field(
+        default=2, metadata={"help": "Served teacher: scoring requests in flight at once."}
+    )
+    teacher_request_timeout: float = field(
+        default=120.0, metadata={"help": "Served teacher: seconds one scoring request may take."}
+    )
+    teacher_request_retries: int = field(
+        default=3, metadata={"help": "Served teacher: retries with backoff after a transient failure, then stop."}
+    )
+    teacher_prefetch: int = field(
+        default=2, metadata={"help": "Served teacher: batches sent for scoring ahead of the one training (0 = none)."}
+    )
+    teacher_api_key_env: str | None = field(
+        default=None,
+        metadata={"help": "Served teacher: name of the environment variable holding its API key (never the key)."},
+    )
+    teacher_provider: str | None = field(
+        default=None,
+        metadata={"help": "Served teacher: provider whose terms bind its outputs; default from the URL's host."},
+    )
+    teacher_license: str | None = field(
+        default=None, metadata={"help": "Served teacher: the served model's license id (e.g. apache-2.0)."}
     )
     cross_tokenizer: str | None = field(
         default=None,
@@ -313,6 +363,13 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be >= 0 (0 = off, None = automatic).")
         _check_generation_fields(self)
         cross_tokenizer_method(self)
+        check_served_fields(
+            teacher_top_k=self.teacher_top_k,
+            teacher_request_concurrency=self.teacher_request_concurrency,
+            teacher_request_timeout=self.teacher_request_timeout,
+            teacher_request_retries=self.teacher_request_retries,
+            teacher_prefetch=self.teacher_prefetch,
+        )
 
     def kd_objective(self) -> KDObjective:
         """The loss these arguments describe."""
@@ -337,8 +394,16 @@ _FLOAT_FIELDS = (
     "teacher_generation_fraction",
     "generation_temperature",
     "generation_top_p",
+    "teacher_request_timeout",
 )
-_INT_FIELDS = ("max_new_tokens", "generation_top_k")
+_INT_FIELDS = (
+    "max_new_tokens",
+    "generation_top_k",
+    "teacher_top_k",
+    "teacher_request_concurrency",
+    "teacher_request_retries",
+    "teacher_prefetch",
+)
 _STR_FIELDS = ("teacher_cache_tail", "kd_loss", "teacher_placement", "preflight", "generation_backend")
 _OPTIONAL_STR_FIELDS = (
     "teacher_model_name_or_path",
@@ -347,6 +412,9 @@ _OPTIONAL_STR_FIELDS = (
     "teacher_deepspeed_config",
     "teacher_dtype",
     "cross_tokenizer",
+    "teacher_api_key_env",
+    "teacher_provider",
+    "teacher_license",
 )
 
 
@@ -391,6 +459,26 @@ def _check_field_types(args: DistillationConfig) -> None:
         value = getattr(args, name)
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{name}={value!r} is not a string; give a string or leave it unset.")
+
+
+# The least value of each served-teacher request field (`hf_distill.served`); the timeout must exceed its bound.
+_SERVED_MINIMUMS = {
+    "teacher_top_k": 1,
+    "teacher_request_concurrency": 1,
+    "teacher_request_timeout": 0,
+    "teacher_request_retries": 0,
+    "teacher_prefetch": 0,
+}
+
+
+def check_served_fields(**values: float) -> None:
+    """Refuse a served-teacher request setting out of range, naming it (also used by `ServedSettings`)."""
+    for name, value in values.items():
+        least = _SERVED_MINIMUMS[name]
+        if name == "teacher_request_timeout" and not value > least:
+            raise ValueError(f"{name}={value!r} must be > 0 seconds.")
+        if value < least:
+            raise ValueError(f"{name}={value!r} must be >= {least}.")
 
 
 # The named placements of `teacher_placement` (see `hf_distill.teacher.placement`).

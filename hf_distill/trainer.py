@@ -49,6 +49,7 @@ from .on_policy.schedule import OFF_POLICY
 from .on_policy.settings import OnPolicySettings, check_on_policy
 from .on_policy.steps import OnPolicySteps
 from .preflight import MemoryPlan, memory_plan, refusal_message
+from .served.setup import served_spec, setup_served_teacher
 from .teacher.base import Teacher
 from .teacher.labels import check_class_labels, check_problem_type
 from .teacher.placement import Placement
@@ -151,8 +152,18 @@ class DistillationTrainer(PublishingMixin, Trainer):
             on_policy, self.model, self.kd_objective, cached_teacher=cached, train_dataset=self.train_dataset
         )
         cross_tokenizer = cross_tokenizer_method(self.args)
+        served = None if cached else served_spec(teacher_model, self.args)
         if cached:
             teacher = setup_cached_teacher(teacher_model, teacher_cache, self.model, self.args, self.processing_class)
+        elif served is not None:
+            teacher = setup_served_teacher(
+                served,
+                self.model,
+                self.args,
+                self.processing_class,
+                self.kd_objective.kd_temperature,
+                cross_tokenizer,
+            )
         elif cross_tokenizer is not None:
             teacher = setup_cross_tokenizer_teacher(
                 teacher_model,
@@ -206,9 +217,12 @@ class DistillationTrainer(PublishingMixin, Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device) -> tuple[list, torch.Tensor]:
         """Fetch the micro-batches of one optimizer step and count their valid positions on all processes."""
         batch_samples = []
+        read_ahead = self.teacher.read_ahead  # a served teacher scores batches ahead of the student
         for _ in range(num_batches):
             try:
-                batch_samples.append(next(epoch_iterator))
+                batch_samples.append(
+                    next(epoch_iterator) if read_ahead is None else read_ahead.next_batch(epoch_iterator)
+                )
             except StopIteration:
                 break
         if self._trains_on_policy:  # a generated step trains on its scored batches, counted below like any batch

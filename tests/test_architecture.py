@@ -22,6 +22,7 @@ LAYERS = [
     {"modeling", "config", "data"},
     {"teacher"},
     {"cross_tokenizer"},  # a teacher of another tokenizer: vocabularies, alignment, its `Teacher` kind
+    {"served"},  # a teacher behind an inference server: spec, schema, client, read-ahead, its `Teacher` kind
     {"offline"},
     {"hub"},
     {"training", "preflight", "on_policy"},

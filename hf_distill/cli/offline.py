@@ -4,12 +4,15 @@ produced (its top-k distributions, or its responses), and say what it costs on d
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 from typing import Any
 
 from datasets import load_dataset
 
 from ..offline.generation import generate_responses
 from ..offline.writer import cache_teacher
+from ..served.endpoint import is_served_spec
+from ..served.setup import served_settings
 from .recipe import Recipe
 from .train import load_data, load_teacher_model, load_tokenizer
 
@@ -23,7 +26,10 @@ def cache_recipe(recipe: Recipe) -> dict[str, Any]:
     spec = recipe.cache
     _, tokenizer = load_tokenizer(recipe)
     train, evaluation, collator, load_kwargs = load_data(recipe, tokenizer)
-    teacher = load_teacher_model(recipe, **load_kwargs)
+    served = is_served_spec(recipe.teacher.model_name_or_path)  # scored by its server: nothing is loaded
+    teacher = recipe.teacher.model_name_or_path if served else load_teacher_model(recipe, **load_kwargs)
+    # A served teacher's request settings are the recipe's `args.teacher_request_*` fields (k is `cache.k`).
+    settings = served_settings(SimpleNamespace(**recipe.args)) if served else None
     results = {}
     for split, rows in (("train", train), ("eval", evaluation)):
         folder = os.path.join(spec.output_dir, split)
@@ -40,6 +46,7 @@ def cache_recipe(recipe: Recipe) -> dict[str, Any]:
             tokenizer=tokenizer,
             # `cache.teacher_tokenized: true`: rows of the teacher's own tokens, for students of any tokenizer
             teacher_tokenized=spec.teacher_tokenized,
+            served_settings=settings,
         )
         size = info.bytes_on_disk(folder)
         results[split] = {"folder": folder, "rows": info.total_rows, "positions": info.tokens, "bytes": size}

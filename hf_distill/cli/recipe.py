@@ -38,9 +38,11 @@ class RecipeError(ValueError):
 class TeacherSpec:
     """`teacher:` section."""
 
-    model_name_or_path: str = ""  # Hub id, local folder, or packaged:<name>
+    model_name_or_path: str = ""  # Hub id, local folder, packaged:<name>, or openai-compatible:<base_url>#<model>
     revision: str | None = None  # branch, tag or commit of a Hub teacher; resolved to a commit and recorded
     trust_remote_code: bool = False
+    # A served teacher's tokenizer (local folder or Hub id): a server ships none, and the data is tokenized with it.
+    tokenizer: str | None = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from .. import _packaged as assets
+from ..served.endpoint import is_served_spec
 from ..training.output_guard import check_output_dir
 from .recipe import Recipe, RecipeError, _one_line
 
@@ -20,7 +21,7 @@ def _looks_local(name: str) -> bool:
 
 
 def _check_model(name: str | None, where: str) -> None:
-    if not name:
+    if not name or is_served_spec(name):  # a served teacher is checked against its server when it is used
         return
     if assets.is_packaged(name):
         try:
@@ -114,6 +115,7 @@ def check_recipe_files(path: str, recipe: Recipe) -> None:
     try:
         _check_model(recipe.teacher.model_name_or_path, "teacher.model_name_or_path")
         _check_model(recipe.student.model_name_or_path, "student.model_name_or_path")
+        _check_model(recipe.teacher.tokenizer, "teacher.tokenizer")
         data = recipe.data
         if data.text_file is not None:
             if assets.is_packaged(data.text_file):

@@ -26,6 +26,7 @@ from ..modeling.student_init import student_from_teacher_layers
 from ..offline.cache import CACHE_COLUMNS, CACHE_INFO_FILE, cache_rows, load_teacher_cache
 from ..preflight import MemoryPlan
 from ..provenance import model_source, record_source, source_of
+from ..served.endpoint import is_served_spec
 from ..task_metrics import accuracy_metrics, label_log_probs, perplexity_metrics
 from ..teacher.loading import load_teacher
 from ..trainer import DistillationTrainer
@@ -83,7 +84,18 @@ class Loaded:
 
 
 def load_tokenizer(recipe: Recipe) -> tuple[str, Any]:
-    """The teacher's local folder (a packaged model is converted once) and its tokenizer."""
+    """The teacher's local folder (a packaged model is converted once) and its tokenizer; for a served teacher, its
+    spec and the tokenizer `teacher.tokenizer` names (a server ships none)."""
+    if is_served_spec(recipe.teacher.model_name_or_path):
+        if not recipe.teacher.tokenizer:
+            raise ValueError(
+                f"teacher.model_name_or_path={recipe.teacher.model_name_or_path!r} is a served teacher: set "
+                "teacher.tokenizer to the folder or Hub id of its tokenizer (the data is tokenized with it, and it "
+                "is checked against the server's tokenization)."
+            )
+        return recipe.teacher.model_name_or_path, AutoTokenizer.from_pretrained(
+            _local_path(recipe.teacher.tokenizer), trust_remote_code=recipe.teacher.trust_remote_code
+        )
     teacher_path = _local_path(recipe.teacher.model_name_or_path)
     return teacher_path, AutoTokenizer.from_pretrained(
         teacher_path, revision=recipe.teacher.revision, trust_remote_code=recipe.teacher.trust_remote_code
@@ -160,6 +172,14 @@ def load_teacher_model(recipe: Recipe, **load_kwargs: Any) -> Any:
 def load_recipe_parts(recipe: Recipe) -> Loaded:
     """Load the tokenizer, teacher, student and datasets a recipe names (nothing is trained)."""
     args = recipe.training_arguments()
+    if is_served_spec(recipe.teacher.model_name_or_path):
+        raise ValueError(
+            f"teacher.model_name_or_path={recipe.teacher.model_name_or_path!r} is a served teacher, which "
+            "`hf-distill train` does not run (it loads its teacher to build and score the student): fill a cache "
+            "from the server with `hf-distill cache-teacher` (same recipe) and train from it in Python with "
+            "DistillationTrainer(teacher_cache=...), or distil online with "
+            "DistillationTrainer(teacher_model='openai-compatible:...') (README, \"Served teachers\")."
+        )
     if recipe.student.quantization:  # before anything is loaded
         require_bitsandbytes(f"student.quantization={recipe.student.quantization}")
     auto = head_kind_of_task(recipe.task).auto_class

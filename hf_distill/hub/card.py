@@ -61,6 +61,11 @@ def _model_link(record: dict[str, Any]) -> str:
         return f"`{name}` (shipped in `{record.get('package')}`; upstream [{record['upstream']}]({HUB_URL}/{record['upstream']}))"
     if record.get("source") == "local":
         return f"`{name}` (a local checkpoint)"
+    if record.get("source") == "served":
+        served = record.get("served") or {}
+        provider = served.get("provider")
+        by = "a server of the trainer's own" if provider in (None, "self-hosted") else f"the provider {provider}"
+        return f"`{name}` (served by {by}; its top-{served.get('k')} log-probabilities per token)"
     return f"`{name}`"
 
 
@@ -72,6 +77,9 @@ def _revision_text(record: dict[str, Any]) -> str:
         return f"`{revision}`" if is_commit_sha(revision) else "unresolved (the commit could not be determined)"
     if record.get("weights_sha256"):
         return f"weights SHA-256 `{record['weights_sha256']}`"
+    if record.get("source") == "served":
+        revision = record.get("revision")
+        return f"`{revision}` (as the server reported it)" if revision else "not reported by the server"
     return "unknown"
 
 

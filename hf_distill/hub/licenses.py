@@ -86,8 +86,33 @@ _GEMMA = LicenseTerms(
     quote="Distillation creates a Model Derivative, which must be distributed with the Gemma use restrictions.",
 )
 
+# A provider's terms of service on its API's outputs (a served teacher: see `hf_distill.served.providers`), keyed
+# `provider:<name>`. They bind the person who trained on the outputs rather than the model, so they are acknowledged
+# (the card says so) and nothing carries over to the student's license.
+PROVIDER_TERMS: dict[str, LicenseTerms] = {
+    "provider:openai": LicenseTerms(
+        title="OpenAI Terms of Use",
+        needs_acknowledgement="[You may not] Use Output to develop models that compete with OpenAI.",
+    ),
+    "provider:anthropic": LicenseTerms(
+        title="Anthropic Commercial Terms of Service",
+        needs_acknowledgement=(
+            "Customer may not and must not attempt to (a) access the Services to build a competing product or "
+            "service, including to train competing AI models [...]"
+        ),
+    ),
+    "provider:google-gemini-api": LicenseTerms(
+        title="Gemini API Additional Terms of Service",
+        needs_acknowledgement=(
+            "You may not use the Services to develop models that compete with the Services (e.g., Gemini API or "
+            "Google AI Studio)."
+        ),
+    ),
+}
+
 # By the card's `license` id (or, for `license: other`, by `license_name`).
 TERMS: dict[str, LicenseTerms] = {
+    **PROVIDER_TERMS,
     "llama3": _llama("3", "Llama 3"),
     "llama3.1": _llama("3.1", "Llama"),
     "llama3.2": _llama("3.2", "Llama"),

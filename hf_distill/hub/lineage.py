@@ -28,7 +28,7 @@ from ..utils.atomic import write_json
 
 LINEAGE_FILE = "distillation_lineage.json"
 SCHEMA_VERSION = 1
-SOURCES = ("hub", "local", "packaged", "unknown")
+SOURCES = ("hub", "local", "packaged", "served", "unknown")
 STUDENT_INITS = ("pretrained", "teacher_layers", "shared_base", "random")
 
 

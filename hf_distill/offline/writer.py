@@ -3,6 +3,7 @@ parquet shards, resumably (finished shards are verified and kept; only missing o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from importlib import metadata
@@ -15,6 +16,9 @@ from tqdm.auto import tqdm
 from .._logging import get_logger
 from ..modeling.heads import unwrap_peft
 from ..provenance import model_source
+from ..served.endpoint import ServedSettings, is_served_spec
+from ..served.setup import connect_teacher
+from ..served.teacher import ServedTeacher
 from ..teacher.model import freeze, run_teacher
 from ..utils.atomic import atomic_path
 from .cache import (
@@ -118,21 +122,80 @@ def _shard_rows(
             columns[LOGPROBS].append(stored[i, rows_of].tolist())
             columns[TAIL].append(tail[i, rows_of].tolist())
             if table is not None:
-                ids_of = example["input_ids"]
-                ends, offset = [], 0
-                for token in ids_of:
-                    offset += len(table[token] or b"") if 0 <= token < len(table) else 0
-                    ends.append(offset)
-                columns[OFFSETS].append(ends)
+                columns[OFFSETS].append(_byte_ends(example["input_ids"], table))
                 values = next_logprob[i, rows_of].tolist()
                 values[-1] = 0.0  # the last token of the example predicts nothing
                 columns[NEXT_LOGPROB].append(values)
             tokens += length or 1
     if table is not None:
-        columns[TEACHER_INPUT_IDS] = columns.pop("input_ids")
-        columns.pop("attention_mask", None)
-        if "labels" in columns:
-            columns[TEACHER_LABELS] = columns.pop("labels")
+        _rename_teacher_tokenized(columns)
+    return columns, tokens
+
+
+def _byte_ends(ids: list[int], table: list[bytes | None]) -> list[int]:
+    """The end byte offset of each token in the text's UTF-8 (a teacher-tokenized cache's `teacher_offsets`)."""
+    ends, offset = [], 0
+    for token in ids:
+        offset += len(table[token] or b"") if 0 <= token < len(table) else 0
+        ends.append(offset)
+    return ends
+
+
+def _rename_teacher_tokenized(columns: dict[str, list]) -> None:
+    """A teacher-tokenized cache's rows hold the teacher's tokens under their own names; no attention mask."""
+    columns[TEACHER_INPUT_IDS] = columns.pop("input_ids")
+    columns.pop("attention_mask", None)
+    if "labels" in columns:
+        columns[TEACHER_LABELS] = columns.pop("labels")
+
+
+def _served_shard_rows(
+    teacher: ServedTeacher,
+    rows: Any,
+    temperature: float,
+    logprob_dtype: str,
+    batch_size: int,
+    collator: Callable,
+    table: list[bytes | None] | None = None,
+) -> tuple[dict[str, list], int]:
+    """`_shard_rows` for a served teacher: the shard's batches are sent a window ahead of the one being read, so the
+    server is kept busy; each example's scores are the server's top-k of its tokens (and, with the teacher
+    tokenizer's byte `table`, the byte offsets and next-token log-probabilities of a teacher-tokenized cache)."""
+    columns: dict[str, list] = {name: list(rows[name]) for name in rows.column_names}
+    columns.update({IDS: [], LOGPROBS: [], TAIL: []})
+    if table is not None:
+        columns.update({OFFSETS: [], NEXT_LOGPROB: []})
+    window = 2 * teacher.settings.concurrency  # batches in flight: bounded, and within the queue's capacity
+    starts = list(range(0, len(rows), batch_size))
+    batches = [collator([rows[i] for i in range(s, min(s + batch_size, len(rows)))]) for s in starts]
+    tokens = 0
+    for ahead in batches[:window]:
+        teacher.queue.submit(ahead["input_ids"], ahead.get("attention_mask"))
+    for index, batch in enumerate(batches):
+        if index + window < len(batches):
+            ahead = batches[index + window]
+            teacher.queue.submit(ahead["input_ids"], ahead.get("attention_mask"))
+        scores = teacher.queue.scores(batch["input_ids"], batch.get("attention_mask"))
+        first = starts[index]
+        batch_ids = [rows[i]["input_ids"] for i in range(first, min(first + batch_size, len(rows)))]
+        for row in scores:
+            k = teacher.settings.k
+            if row is None:  # an example without tokens
+                ids, logprobs = torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k)
+            else:  # another temperature is exact: only allowed when the server returns the whole distribution
+                row = row.at_temperature(temperature)
+                ids, logprobs = row.ids, row.logprobs
+            tail = (1 - logprobs.double().exp().sum(-1)).clamp_min(0).float()
+            columns[IDS].append(ids.to(torch.int32).tolist())
+            columns[LOGPROBS].append(encode_logprobs(logprobs, logprob_dtype).tolist())
+            columns[TAIL].append(tail.tolist())
+            tokens += ids.shape[0]
+        if table is not None:
+            for row, example_ids in zip(scores, batch_ids):
+                columns[OFFSETS].append(_byte_ends(example_ids, table))
+                columns[NEXT_LOGPROB].append([] if row is None else row.next_logprob.tolist())
+    if table is not None:
+        _rename_teacher_tokenized(columns)
     return columns, tokens
 
 
@@ -182,6 +245,7 @@ def cache_teacher(
     teacher_source: dict[str, Any] | None = None,
     progress: bool = True,
     teacher_tokenized: bool = False,
+    served_settings: ServedSettings | None = None,
 ) -> CacheInfo:
     """Run `teacher` over `dataset` once and write its top-k distributions as a teacher cache in `output_dir`.
 
@@ -190,7 +254,9 @@ def cache_teacher(
     verified and kept, the rest are computed. A folder holding a cache with another fingerprint is refused.
 
     Args:
-        teacher (`nn.Module`): the teacher, on the device it should run on.
+        teacher (`nn.Module` or `str`): the teacher, on the device it should run on; or a served teacher's
+            `"openai-compatible:<base_url>#<model>"` (README, "Served teachers"), whose top-k the server returns
+            (then `tokenizer` is required and must tokenize like the server: checked on a probe text).
         dataset (`datasets.Dataset`): tokenized examples (`input_ids`, and optionally `attention_mask`, `labels`).
         output_dir (`str`): the cache folder.
         k (`int`, *optional*, defaults to 64): entries kept per position (1 ≤ k ≤ vocabulary size).
@@ -208,6 +274,8 @@ def cache_teacher(
             (required, fast), and each row keeps the teacher's tokens (`teacher_input_ids`, `teacher_labels`), their
             end byte offsets (`teacher_offsets`) and the log-probability of each next token (`teacher_next_logprob`);
             the tokenizer is saved in `output_dir/teacher_tokenizer`. Causal LMs only.
+        served_settings (`ServedSettings`, *optional*): a served teacher's request settings (concurrency, timeout,
+            retries, API key variable, provider, license); its `k` is replaced by `k`.
 
     Returns:
         `CacheInfo`: the manifest (rows, tokens, shards); `info.bytes_on_disk(output_dir) / info.tokens` is the storage
@@ -215,7 +283,8 @@ def cache_teacher(
     """
     from transformers import DataCollatorWithPadding, default_data_collator
 
-    vocab_size = _vocab_size(teacher)
+    served = served_teacher_for_cache(teacher, tokenizer, k, temperature, served_settings)
+    vocab_size = len(getattr(tokenizer, "tokenizer", tokenizer)) if served is not None else _vocab_size(teacher)
     _check_arguments(dataset, k, vocab_size, temperature, logprob_dtype, shard_size)
     table, teacher_tokenizer_hash = None, None
     if teacher_tokenized:
@@ -232,7 +301,7 @@ def cache_teacher(
     if collator is None:
         collator = DataCollatorWithPadding(tokenizer) if tokenizer is not None else default_data_collator
     fingerprint = CacheFingerprint(
-        teacher=teacher_source or teacher_record(teacher),
+        teacher=teacher_source or (served_cache_record(served) if served is not None else teacher_record(teacher)),
         tokenizer_sha256=tokenizer_sha256(tokenizer),
         temperature=float(temperature),
         k=k,
@@ -247,7 +316,8 @@ def cache_teacher(
     if teacher_tokenized:
         info.format_version = TEACHER_TOKENIZED_FORMAT
         tokenizer.save_pretrained(os.path.join(output_dir, TEACHER_TOKENIZER_DIR))
-    freeze(teacher)
+    if served is None:
+        freeze(teacher)
     done = {s["file"] for s in info.shards}
     per_position = None
     with tqdm(total=len(dataset), initial=sum(s["rows"] for s in info.shards), disable=not progress, unit="ex") as bar:
@@ -256,7 +326,14 @@ def cache_teacher(
             if name in done:
                 continue
             rows = dataset.select(range(start, min(start + shard_size, len(dataset))))
-            columns, tokens = _shard_rows(teacher, rows, k, temperature, logprob_dtype, batch_size, collator, table)
+            if served is not None:
+                columns, tokens = _served_shard_rows(
+                    served, rows, temperature, logprob_dtype, batch_size, collator, table
+                )
+            else:
+                columns, tokens = _shard_rows(
+                    teacher, rows, k, temperature, logprob_dtype, batch_size, collator, table
+                )
             per_position = isinstance(columns[TAIL][0], list)
             if teacher_tokenized and not per_position:
                 raise ValueError("teacher_tokenized=True caches a causal LM's per-token distributions only.")
@@ -272,6 +349,33 @@ def cache_teacher(
         f"log-probs, {per_token:.1f} bytes per position."
     )
     return info
+
+
+def served_teacher_for_cache(
+    teacher: Any, tokenizer: Any, k: int, temperature: float, settings: ServedSettings | None
+) -> ServedTeacher | None:
+    """The served teacher to fill a cache from (checked against the server), or `None` for a model."""
+    if not is_served_spec(teacher):
+        return None
+    if tokenizer is None:
+        raise ValueError(
+            f"Caching the served teacher {teacher!r} needs the tokenizer the dataset was tokenized with (tokenizer=): "
+            "it is checked against the server's tokenization and hashed into the cache's fingerprint."
+        )
+    settings = dataclasses.replace(settings or ServedSettings(), k=k)
+    base = getattr(tokenizer, "tokenizer", tokenizer)
+    if temperature != 1.0 and k < len(base):
+        raise ValueError(
+            f"temperature={temperature} with a served teacher: servers return log-probabilities at temperature 1, "
+            f"and rescaling a top-{k} needs the whole distribution; use temperature=1.0 or k={len(base)}."
+        )
+    return connect_teacher(teacher, settings, base, len(base), temperature)
+
+
+def served_cache_record(teacher: ServedTeacher) -> dict[str, Any]:
+    """A served teacher's identity in a cache's fingerprint: its lineage record (model name, reported revision, how
+    it was served, k, provider); never its URL, so the same model behind another address makes the same cache."""
+    return teacher.lineage_record()
 
 
 def teacher_record(teacher: nn.Module) -> dict[str, Any]:

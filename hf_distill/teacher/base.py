@@ -39,6 +39,9 @@ class Teacher(abc.ABC):
     # Batch columns that are the teacher's alone (a cache's top-k): kept by `remove_unused_columns`, never given to
     # the student's forward.
     own_columns: tuple[str, ...] = ()
+    # What the trainer takes its next batch through, when the teacher wants batches fetched ahead of the student
+    # (a served teacher's `hf_distill.served.pipeline.ReadAhead`, which has them scored meanwhile); `None`: `next()`.
+    read_ahead: Any = None
 
     def __init__(
         self,

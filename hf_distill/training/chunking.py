@@ -32,7 +32,7 @@ def resolve_chunk_size(student: nn.Module, teacher: Teacher, args: Any, accelera
     teacher_head = student if teacher_head is None else teacher_head  # a cache: only the student's head is projected
     chunk = chunk_size_for(student, teacher_head, distillation_setting(args, "kd_chunk_size"))
     where = student_strategy(accelerator)
-    if chunk and (teacher.placement.kind not in ("replicate", "cache") or where not in ("single", "ddp")):
+    if chunk and (teacher.placement.kind not in ("replicate", "cache", "served") or where not in ("single", "ddp")):
         # Sharded, offloaded or elsewhere-placed heads are not whole tensors on this device between forwards.
         logger.info(
             f"The memory-efficient loss needs both LM heads whole on this device; with the student under "
