@@ -54,8 +54,9 @@ class DistillationConfig(TrainingArguments):
             A served teacher: retries, with exponential backoff, after a connection error, a timeout or an HTTP
             429/5xx; then training stops with an error (never a skipped batch).
         teacher_prefetch (`int`, *optional*, defaults to 2):
-            A served teacher: batches fetched and sent for scoring ahead of the one the student trains on, so that
-            the server works while the student does. 0 reads nothing ahead. The batch order is unchanged.
+            A served teacher: batches sent for scoring ahead of the one the student trains on (each as soon as the
+            dataloader makes it), so that the server works while the student does. 0 sends nothing ahead: each
+            batch is scored when the loss needs it, and the student waits. The batch order is unchanged.
         teacher_api_key_env (`str`, *optional*):
             A served teacher: the name of the environment variable that holds its API key (the key itself is never
             an argument, so it never reaches saved arguments, logs or cards).

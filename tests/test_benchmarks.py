@@ -124,3 +124,21 @@ def test_rotten_tomatoes_quality_benchmark_runs_and_its_student_card_carries_the
     assert "| accuracy (higher is better) |" in text
     assert "kind: teacher_layers" in text and "name: minilm-l6-rotten-tomatoes" in text
     assert str(tmp_path) not in text and "/tmp" not in text
+
+
+@pytest.mark.slow
+def test_bench_served_teacher_runs_every_configuration(tmp_path):
+    from tiny_models import save_tiny_teacher
+
+    save_tiny_teacher(tmp_path, tmp_path / "corpus.txt")
+    out = _run(
+        "bench_served_teacher.py", "--model", str(tmp_path), "--layers", "0", "2", "--steps", "1", "--k", "8",
+        "--delays", "0.2",
+    )  # fmt: skip
+    rows = [line.split() for line in out.splitlines() if line.startswith(("in process", "served"))]
+    assert len(rows) == 1 + 2
+    assert float(rows[0][-2]) > 0 and all(float(row[-3]) > 0 for row in rows[1:])  # steps per second
+    pipelined = [row for row in rows if row[1] == "pipelined,"]
+    assert all(row[-1] == "2/2" for row in pipelined)  # both batches were scored ahead of the student
+    unpiped = [row for row in rows if row[1] == "no"]
+    assert all(row[-1] == "0/2" for row in unpiped)  # each scored in the loss

@@ -112,7 +112,8 @@ def test_reading_ahead_keeps_the_batch_order(server, training_args, tokenizer, t
     ahead = train(spec(server), training_args, tokenizer, teacher_folder, tmp_path / "b", teacher_prefetch=3, **fields)
     assert none.state.global_step == ahead.state.global_step == 6
     assert_same(params(none), params(ahead), atol=1e-6)
-    assert ahead.teacher.queue.misses == 0
+    assert ahead.teacher.queue.misses == 0 and ahead.teacher.queue.hits == 12  # every batch was sent ahead
+    assert none.teacher.queue.hits == 0 and none.teacher.queue.misses == 12  # every batch scored in the loss
 
 
 def test_echoed_ids_that_differ_stop_training_before_any_step(teacher_folder, training_args, tokenizer, tmp_path):
@@ -197,6 +198,10 @@ def test_a_different_server_tokenizer_is_refused_at_setup(server, training_args,
         ({"kd_temperature": 2.0, "teacher_top_k": 20}, "kd_temperature=2.0 with a served teacher"),
         ({"cross_tokenizer": "auto"}, "cross_tokenizer='auto' with the served teacher"),
         ({"teacher_top_k": 500}, "teacher_top_k=500 is larger than the student's vocabulary"),
+        (
+            {"kd_temperature": 2.0, "teacher_top_k": 97, "on_policy_fraction": 0.5, "kd_loss": "reverse_kl"},
+            "eval_on_policy",
+        ),
     ],
 )
 def test_settings_a_served_teacher_cannot_honour_are_refused(
@@ -360,3 +365,9 @@ def test_a_self_hosted_teacher_with_a_declared_license_pushes_under_it(
     card = hub.files("me/student2")["README.md"].decode()
     assert "Teacher license | `apache-2.0`" in card
     assert "served by a server of the trainer's own" in card and "abc123" in card
+
+
+def test_batches_made_in_dataloader_workers_are_scored_in_the_loss(server, training_args, tokenizer, teacher_folder):
+    trainer = train(spec(server), training_args, tokenizer, teacher_folder, teacher_top_k=8, dataloader_num_workers=1)
+    assert trainer.state.global_step == 2
+    assert trainer.teacher.queue.hits == 0 and trainer.teacher.queue.misses == 2

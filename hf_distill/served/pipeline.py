@@ -160,7 +160,10 @@ class ScoringCollator:
     def __call__(self, features: list[Any]) -> dict[str, Any]:
         batch = self.collator(features)
         input_ids = batch.get("input_ids") if hasattr(batch, "get") else None
-        if torch.is_tensor(input_ids) and input_ids.dim() == 2:
+        # In a dataloader worker process (`dataloader_num_workers > 0`) a request would be made in the worker's copy
+        # of the queue, where the loss never looks: such batches are scored when the loss asks.
+        in_worker = torch.utils.data.get_worker_info() is not None
+        if torch.is_tensor(input_ids) and input_ids.dim() == 2 and not in_worker:
             self.queue.submit(input_ids, batch.get("attention_mask"))
         return batch
 

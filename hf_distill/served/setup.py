@@ -164,6 +164,15 @@ def setup_served_teacher(
             f"and rescaling the top-{settings.k} to another temperature needs the whole distribution. Use "
             f"kd_temperature=1.0, or teacher_top_k={vocab_size} (the vocabulary) if the server allows it."
         )
+    eval_on_policy = distillation_setting(args, "eval_on_policy")
+    if eval_on_policy is None:
+        eval_on_policy = distillation_setting(args, "on_policy_fraction") > 0
+    if temperature != 1.0 and eval_on_policy:
+        raise ValueError(
+            f"kd_temperature={temperature} with a served teacher and eval_on_policy: the served scores are rescaled "
+            "to kd_temperature once, but the on-policy eval metric is a reverse KL at temperature 1. Set "
+            "eval_on_policy=False, or kd_temperature=1.0."
+        )
     if settings.k > vocab_size:
         raise ValueError(f"teacher_top_k={settings.k} is larger than the student's vocabulary ({vocab_size}).")
     teacher = connect_teacher(spec, settings, tokenizer, vocab_size, temperature)

@@ -84,7 +84,9 @@ class ServedTeacher(Teacher):
         self.provider = provider
         # A few batches of each gradient-accumulation window may wait, plus those read ahead.
         self.queue = ScoringQueue(client, settings.k, settings.concurrency, capacity=4 * (settings.prefetch + 8))
-        self.read_ahead = ReadAhead(settings.prefetch)
+        # `prefetch` batches in flight ahead of the one training: the dataloader already makes one batch ahead of
+        # the one it yields (accelerate's `DataLoaderShard`), so `prefetch - 1` more are read ahead here.
+        self.read_ahead = ReadAhead(settings.prefetch - 1) if settings.prefetch > 1 else None
 
     # ---- what the loss needs ----
 
@@ -117,7 +119,10 @@ class ServedTeacher(Teacher):
         return None  # the top-k meets the student's own head: no teacher head to project
 
     def prepare_training_data(self, train_dataset: Any, data_collator: Any) -> tuple[Any, Any]:
-        """The dataset unchanged, and the collator wrapped to send each batch for scoring as it is made."""
+        """The dataset unchanged, and the collator wrapped to send each batch for scoring as it is made (unless
+        `prefetch=0`: then each batch is scored when the loss needs it, and the student waits for the server)."""
+        if self.settings.prefetch == 0:
+            return train_dataset, data_collator
         return train_dataset, ScoringCollator(data_collator, self.queue)
 
     def close(self) -> None:
