@@ -16,6 +16,7 @@ SHARDED_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "sharded_par
 DDP_CHECKS_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_checks.py")
 ON_POLICY_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "on_policy_parity.py")
 CROSS_TOKENIZER_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "cross_tokenizer_parity.py")
+SERVED_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "served_parity.py")
 ZERO3_CONFIG = os.path.join(os.path.dirname(__file__), "scripts", "ds_zero3.json")
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 
@@ -69,6 +70,27 @@ def test_two_processes_match_one_process_across_tokenizers(tmp_path):
     one, two = str(tmp_path / "one" / "out.pt"), str(tmp_path / "two" / "out.pt")
     _run([sys.executable, CROSS_TOKENIZER_SCRIPT, one, "4", "1", "chunk"])
     _run([*LAUNCH_TWO, CROSS_TOKENIZER_SCRIPT, two, "2", "2", "chunk"])
+    one, two = torch.load(one), torch.load(two)
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    _assert_same_training(one, two)
+
+
+@pytest.mark.multiprocess
+def test_a_served_teacher_under_two_processes_trains_like_the_model_in_one(tmp_path):
+    """Each rank sends its own batches to one server (on 127.0.0.1, in this test's process); at k = V the result is
+    the single-process run with the same model loaded in process."""
+    from served_server import start_server
+    from tiny_models import save_tiny_teacher
+
+    folder = tmp_path / "teacher"
+    save_tiny_teacher(folder, folder / "corpus.txt")
+    one, two = str(tmp_path / "one" / "out.pt"), str(tmp_path / "two" / "out.pt")
+    _run([sys.executable, SERVED_SCRIPT, one, "4", "1", str(folder)])
+    handle = start_server(folder, "tiny-teacher")
+    try:
+        _run([*LAUNCH_TWO, SERVED_SCRIPT, two, "2", "2", f"openai-compatible:{handle.url}#tiny-teacher"])
+    finally:
+        handle.stop()
     one, two = torch.load(one), torch.load(two)
     assert (one["world_size"], two["world_size"]) == (1, 2)
     _assert_same_training(one, two)
