@@ -487,4 +487,10 @@ class DistillationTrainer(PublishingMixin, Trainer):
                 f"({student:.2f}M parameters, {trainable:.2f}M trainable); {self.kd_objective.describe()}"
                 f"{OnPolicySettings.from_args(self.args).describe()}"
             )
-        return super().train(*args, **kwargs)
+        failed = True
+        try:
+            result = super().train(*args, **kwargs)
+            failed = False
+            return result
+        finally:  # a served teacher drops what it scored ahead; after an error, nothing keeps retrying
+            self.teacher.training_ended(failed)

@@ -371,3 +371,20 @@ def test_batches_made_in_dataloader_workers_are_scored_in_the_loss(server, train
     trainer = train(spec(server), training_args, tokenizer, teacher_folder, teacher_top_k=8, dataloader_num_workers=1)
     assert trainer.state.global_step == 2
     assert trainer.teacher.queue.hits == 0 and trainer.teacher.queue.misses == 2
+
+
+def test_after_a_failed_run_nothing_in_flight_keeps_retrying():
+    """Requests sent ahead to a server that is gone would retry for 1 + 2 + 4 + 8 s; once the run has failed, they
+    give up at once (`ScoringQueue.drop_waiting(failed=True)`, which `DistillationTrainer.train` calls on error)."""
+    from concurrent.futures import wait
+
+    from hf_distill.served.client import ServedClient
+    from hf_distill.served.pipeline import ScoringQueue
+
+    client = ServedClient("http://127.0.0.1:9/v1", NAME, max_retries=4, backoff=1.0)  # nothing listens on port 9
+    queue = ScoringQueue(client, k=4, concurrency=2, capacity=8)
+    futures = [queue._pool.submit(queue._score, [[1, 2, 3]], queue._stop) for _ in range(2)]
+    queue.drop_waiting(failed=True)
+    done, _ = wait(futures, timeout=5)
+    assert len(done) == 2
+    assert all(isinstance(f.exception(), ServedTeacherError) for f in futures)

@@ -11,6 +11,7 @@ import base64
 import http.client
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -135,12 +136,14 @@ class ServedClient:
 
     # -- public calls -------------------------------------------------------------------------------------------------
 
-    def score(self, rows: Sequence[Sequence[int]], k: int) -> list[RowScores]:
+    def score(self, rows: Sequence[Sequence[int]], k: int, *, stop: threading.Event | None = None) -> list[RowScores]:
         """The served model's top-`k` log-probabilities at every position of every row.
 
         Args:
             rows (`list[list[int]]`): `B` non-empty rows of token ids (unpadded; lengths may differ).
             k (`int`): log-probabilities per position.
+            stop (`threading.Event`, *optional*): once set, no new attempt starts and a wait before a retry ends
+                (an attempt on the wire finishes): how a failed training run keeps nothing retrying after it.
 
         Returns:
             `list[RowScores]`: entry `i` has `ids` `(len(rows[i]), k)` and `logprobs` `(len(rows[i]), k)`, aligned
@@ -150,7 +153,7 @@ class ServedClient:
             `ServedTeacherError`: the server stayed unreachable or failing after the retries, or refused the request.
             `ServedResponseError`: the answer is malformed or does not belong to the tokens sent.
         """
-        response = self._call("POST", "/completions", completion_request(self.model, rows, k))
+        response = self._call("POST", "/completions", completion_request(self.model, rows, k), stop)
         return parse_scores(response, rows, k, self.model, vocab_size=self.vocab_size, url=self.url)
 
     def models(self) -> dict[str, Any]:
@@ -168,25 +171,30 @@ class ServedClient:
             # it stops the run before training, with the same exception type.
             raise ServedTeacherError(str(error)) from None
 
-    def probe(self, text: str) -> list[int]:
-        """The token ids the server makes of `text` (with special tokens), to compare with the student's tokenizer.
+    def probe(self, text: str, k: int = 1) -> list[int]:
+        """The token ids the server makes of `text` (with special tokens), to compare with the student's tokenizer;
+        scored at `k` log-probabilities per position, so that a `k` the server refuses is refused here.
 
         Raises:
             `ServedTeacherError`: the server is unreachable or refused the request.
             `ServedResponseError`: the answer is malformed or lacks `prompt_token_ids`.
         """
-        response = self._call("POST", "/completions", probe_request(self.model, text))
+        response = self._call("POST", "/completions", probe_request(self.model, text, k))
         return probe_token_ids(response, model=self.model, url=self.url)
 
     # -- transport ----------------------------------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
-        """One request with retries; returns the decoded JSON answer."""
+    def _call(self, method: str, path: str, body: dict[str, Any] | None, stop: threading.Event | None = None) -> Any:
+        """One request with retries (none once `stop` is set); returns the decoded JSON answer."""
         endpoint = f"{self.url}{path}"
         data = None if body is None else json.dumps(body).encode()
         attempts = self.max_retries + 1
         last = ""
         for attempt in range(attempts):
+            if stop is not None and stop.is_set():
+                raise ServedTeacherError(
+                    f"{method} {endpoint} (model {self.model!r}) was not sent: training had stopped"
+                )
             request = urllib.request.Request(endpoint, data=data, method=method, headers=self._headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as answer:
@@ -216,11 +224,14 @@ class ServedClient:
                     "%s %s failed (attempt %d of %d: %s); retrying in %.2g s",
                     method, endpoint, attempt + 1, attempts, last, wait,
                 )  # fmt: skip
-                time.sleep(wait)
+                if stop is None:
+                    time.sleep(wait)
+                else:
+                    stop.wait(wait)  # a sleep that `stop` ends
         raise ServedTeacherError(
             f"{method} {endpoint} (model {self.model!r}) failed after {attempts} attempt{'s' * (attempts > 1)}; last "
-            f"error: {last}. Check that the server is running and reachable from here, or raise the retries/timeout "
-            f"of the teacher endpoint"
+            f"error: {last}. Check that the server is running and reachable from here, or raise "
+            f"teacher_request_retries / teacher_request_timeout"
         )
 
     def _describe(self, error: BaseException) -> str:
@@ -234,8 +245,14 @@ class ServedClient:
 
     def _refused(self, method: str, endpoint: str, code: int, message: str) -> str:
         hint = {
-            401: "check the api key of the teacher endpoint",
-            403: "check the api key of the teacher endpoint",
-            404: "check that the base URL ends with the API root (e.g. /v1) and that the model name is served",
-        }.get(code, "the request is not retried: fix it (e.g. lower k below the server's --max-logprobs)")
-        return f"{method} {endpoint} (model {self.model!r}) was refused with HTTP {code}: {message}. {hint}"
+            401: "Check the API key (the variable teacher_api_key_env names)",
+            403: "Check the API key (the variable teacher_api_key_env names)",
+            404: "Check that the base URL ends with the API root (e.g. /v1) and that the model name is served",
+        }.get(
+            code,
+            "The request is not retried: fix it (a log-probability limit: teacher_top_k, or cache.k, at most the "
+            "server's --max-logprobs)",
+        )
+        return (
+            f"{method} {endpoint} (model {self.model!r}) was refused with HTTP {code}: {message.rstrip('.')}. {hint}."
+        )

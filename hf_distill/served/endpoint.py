@@ -49,23 +49,24 @@ class ServedEndpoint:
         """
         example = "openai-compatible:http://127.0.0.1:8000/v1#model-name"
         if not is_served_spec(spec):
-            raise ValueError(f"teacher={spec!r} is not a served teacher; write it like {example!r}.")
+            raise ValueError(f"{spec!r} is not a served teacher; write it like {example!r}.")
         rest = spec.strip()[len(SERVED_PREFIX) :]
         url, _, model = rest.partition("#")
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(
-                f"teacher={_redacted(spec)!r}: {_redacted(url)!r} is not an http(s) URL; write it like {example!r}."
+                f"The served teacher {_redacted(spec)!r}: {_redacted(url)!r} is not an http(s) URL; write it like "
+                f"{example!r}."
             )
         if parsed.username or parsed.password:
             raise ValueError(
-                f"teacher={_redacted(spec)!r} carries credentials in its URL, where they would reach logs and saved "
+                f"The served teacher {_redacted(spec)!r} carries credentials in its URL, where they would reach logs and saved "
                 "arguments: remove them and put the API key in an environment variable named by "
                 "teacher_api_key_env (e.g. teacher_api_key_env='OPENAI_API_KEY')."
             )
         if not model.strip():
             raise ValueError(
-                f"teacher={spec!r} names no model: add `#` and the name the server serves (GET {url.rstrip('/')}"
+                f"The served teacher {spec!r} names no model: add `#` and the name the server serves (GET {url.rstrip('/')}"
                 f"/models lists them), like {example!r}."
             )
         return cls(base_url=url.rstrip("/"), model=model.strip())

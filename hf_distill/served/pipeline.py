@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import queue as _queue
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -72,6 +73,32 @@ def batch_key(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> b
     return digest.digest()
 
 
+class _DaemonPool:
+    """`concurrency` daemon threads running submitted calls into `Future`s. Not `ThreadPoolExecutor`: its threads are
+    joined at interpreter exit, so a request to a hung server would hold a finished (or failed) run open for up to
+    its timeout times its retries; daemon threads end with the process."""
+
+    def __init__(self, concurrency: int) -> None:
+        self._work: _queue.SimpleQueue = _queue.SimpleQueue()
+        for index in range(concurrency):
+            threading.Thread(target=self._run, name=f"hf_distill-served-{index}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        self._work.put((future, fn, args))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            future, fn, args = self._work.get()
+            if not future.set_running_or_notify_cancel():  # cancelled while waiting
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as error:  # delivered to whoever reads the future
+                future.set_exception(error)
+
+
 class ScoringQueue:
     """Requests to a served teacher, in flight on `concurrency` threads, at most `capacity` waiting for their batch.
 
@@ -87,7 +114,8 @@ class ScoringQueue:
         self.client = client
         self.k = k
         self.capacity = max(capacity, 1)
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="hf_distill-served")
+        self._pool = _DaemonPool(concurrency)
+        self._stop = threading.Event()  # set when a run fails: what is in flight stops retrying
         self._pending: collections.OrderedDict[bytes, list[Future]] = collections.OrderedDict()
         self._count = 0
         self._lock = threading.Lock()
@@ -98,7 +126,7 @@ class ScoringQueue:
     def submit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """Send a batch for scoring now; its scores wait for `scores` with the same tokens."""
         rows, _ = batch_rows(input_ids, attention_mask)
-        future = self._pool.submit(self._score, rows)
+        future = self._pool.submit(self._score, rows, self._stop)
         key = batch_key(input_ids, attention_mask)
         with self._lock:
             self._pending.setdefault(key, []).append(future)
@@ -128,21 +156,25 @@ class ScoringQueue:
         rows, _ = batch_rows(input_ids, attention_mask)
         return self._score(rows)
 
-    def _score(self, rows: list[list[int]]) -> list[RowScores | None]:
+    def _score(self, rows: list[list[int]], stop: threading.Event | None = None) -> list[RowScores | None]:
         # A row of padding only (possible in a padded eval batch) is not sent: no server scores an empty prompt.
         sent = [row for row in rows if row]
-        scored = iter(self.client.score(sent, self.k) if sent else [])
+        scored = iter(self.client.score(sent, self.k, stop=stop) if sent else [])
         return [next(scored) if row else None for row in rows]
 
-    def close(self) -> None:
-        """Cancel what is still waiting and let the threads end (nothing is trained on after this)."""
+    def drop_waiting(self, failed: bool = False) -> None:
+        """Forget the requests made for batches that will not be trained on (those read ahead when training ends),
+        cancelling the ones not yet sent; after a failure (`failed`) also stop the retries of those in flight, so
+        that nothing keeps calling the server after the error. Requests made later start afresh."""
         with self._lock:
             for futures in self._pending.values():
                 for future in futures:
                     future.cancel()
             self._pending.clear()
             self._count = 0
-        self._pool.shutdown(wait=False, cancel_futures=True)
+            if failed:
+                self._stop.set()
+                self._stop = threading.Event()
 
 
 class ScoringCollator:

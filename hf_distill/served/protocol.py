@@ -312,15 +312,17 @@ def _raise_bad_entry(body: list[dict], i: int, where: str) -> None:
                 )
 
 
-def probe_request(model: str, text: str) -> dict[str, Any]:
+def probe_request(model: str, text: str, k: int = 1) -> dict[str, Any]:
     """The JSON body that asks the server to tokenize `text` its own way (with special tokens) and echo the ids.
 
     Args:
         model (`str`): the served model name.
         text (`str`): the probe text, non-empty.
+        k (`int`, *optional*, defaults to 1): `prompt_logprobs` asked: the k training will ask, so that a server
+            that refuses it (vLLM's `--max-logprobs`) says so before training starts.
 
     Returns:
-        `dict`: the request body (`prompt_logprobs=1` is the cheapest setting that still needs a prompt pass).
+        `dict`: the request body.
 
     Raises:
         `ValueError`: an empty model name or text.
@@ -335,7 +337,7 @@ def probe_request(model: str, text: str) -> dict[str, Any]:
         "max_tokens": 1,
         "temperature": 0.0,
         "echo": False,
-        "prompt_logprobs": 1,
+        "prompt_logprobs": k,
         "return_token_ids": True,
         "add_special_tokens": True,
     }

@@ -125,9 +125,10 @@ class ServedTeacher(Teacher):
             return train_dataset, data_collator
         return train_dataset, ScoringCollator(data_collator, self.queue)
 
-    def close(self) -> None:
-        """Stop the requests still waiting (after training)."""
-        self.queue.close()
+    def training_ended(self, failed: bool) -> None:
+        """Drop the requests for batches read ahead that will not be trained on; after a failure also stop what is
+        in flight from retrying (see `ScoringQueue.drop_waiting`)."""
+        self.queue.drop_waiting(failed)
 
     # ---- what the rest of the code asks about it ----
 

@@ -131,6 +131,11 @@ class Teacher(abc.ABC):
         whose rows become the student's."""
         return eval_dataset
 
+    def training_ended(self, failed: bool) -> None:
+        """Called when `train()` returns (`failed=False`) or raises (`True`): a teacher that works ahead of the
+        student (a served one) drops what it will not need. Nothing to do for the others."""
+        return None
+
     def local_folder(self) -> str | None:
         """The local folder its weights were read from, when it was (its license files are there)."""
         return None
