@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .chunked import HeadInput
 from .divergences import divergence_and_grad, per_token_divergence
@@ -52,6 +53,7 @@ CROSS_TOKENIZER_METHODS = ("uld", "exact", "chunk")
 # The smallest positive normal float32: the mass of a bucket no token of a row falls into. Its log (-87.3) keeps
 # every divergence and gradient finite, where log(0) = -inf would give inf or NaN.
 _TINY = torch.finfo(torch.float32).tiny
+_LOG_TINY = torch.tensor(_TINY, dtype=torch.float32).log().item()
 # A chunk's log-likelihood is < 0; its complement log(1 - p) needs it strictly below 0.
 _MAX_CHUNK_LOGPROB = -1e-6
 
@@ -202,12 +204,124 @@ def select_chunks(layout: ChunkLayout, student_valid: torch.Tensor) -> ChunkSele
     )
 
 
+# A bucket of at least this many tokens (the rest bucket) is reduced by a dense log-sum-exp over its gathered columns;
+# the smaller buckets of several tokens share one scatter over theirs.
+_DENSE_BUCKET = 256
+# Without gradients the dense buckets' columns are gathered a few rows at a time into one buffer of at most this many
+# float32 entries (16 MiB): small enough for the allocator to reuse from call to call, where a fresh `(n, V)` tile
+# per call costs more in page faults than the arithmetic on it.
+_TILE_ELEMENTS = 2**22
+
+
+@dataclass(frozen=True)
+class _BucketPlan:
+    """How `coarsen` reduces the columns of one vocabulary mapping, computed once per mapping tensor.
+
+    Attributes:
+        source (`torch.Tensor` of shape `(K,)`): the token of each one-token bucket (its column is the bucket's), 0 for
+            the others.
+        others (`torch.Tensor` of shape `(K - S,)`): the other buckets, in the order `[dense | groups | empty]`.
+        dense (`tuple[torch.Tensor, ...]`): the tokens of each bucket of at least `_DENSE_BUCKET` tokens.
+        grouped (`torch.Tensor` of shape `(G,)`): the tokens of the smaller buckets of several tokens.
+        group (`torch.Tensor` of shape `(G,)`): the bucket of each `grouped` token, renumbered `0..L-1`.
+        num_groups (`int`): `L`.
+        num_empty (`int`): `E`, the buckets no token falls into.
+    """
+
+    source: torch.Tensor
+    others: torch.Tensor
+    dense: tuple[torch.Tensor, ...]
+    grouped: torch.Tensor
+    group: torch.Tensor
+    num_groups: int
+    num_empty: int
+
+
+# Plans by mapping tensor (held weakly, by identity): `(device, num_buckets, tensor version, plan)`.
+_PLANS = WeakIdKeyDictionary()
+
+
+def _bucket_plan(to_shared: torch.Tensor, num_buckets: int, device: torch.device) -> _BucketPlan:
+    """The `_BucketPlan` of `to_shared` `(V,)` on `device`, cached until the tensor is freed or changed in place."""
+    cached = _PLANS.get(to_shared)
+    if cached is not None and cached[:3] == (device, num_buckets, to_shared._version):
+        return cached[3]
+    mapping = to_shared.to(device=device, dtype=torch.long)
+    if mapping.numel() and (int(mapping.min()) < 0 or int(mapping.max()) >= num_buckets):
+        raise ValueError(f"the vocabulary mapping holds buckets outside [0, {num_buckets}).")
+    counts = torch.bincount(mapping, minlength=num_buckets)  # (K,) tokens per bucket
+    per_token = counts[mapping]  # (V,) tokens in each token's bucket
+    single = (per_token == 1).nonzero().squeeze(-1)
+    source = torch.zeros(num_buckets, dtype=torch.long, device=device)
+    source[mapping[single]] = single
+    dense_buckets = (counts >= _DENSE_BUCKET).nonzero().squeeze(-1)
+    by_bucket = mapping.argsort(stable=True)  # (V,) tokens grouped by bucket, ascending within each
+    starts = (counts.cumsum(0) - counts)[dense_buckets].tolist()
+    dense = tuple(by_bucket[start : start + size] for start, size in zip(starts, counts[dense_buckets].tolist()))
+    group_buckets = ((counts > 1) & (counts < _DENSE_BUCKET)).nonzero().squeeze(-1)
+    grouped = ((per_token > 1) & (per_token < _DENSE_BUCKET)).nonzero().squeeze(-1)
+    renumber = torch.full((num_buckets,), -1, dtype=torch.long, device=device)
+    renumber[group_buckets] = torch.arange(group_buckets.numel(), device=device)
+    empty = (counts == 0).nonzero().squeeze(-1)
+    plan = _BucketPlan(
+        source=source,
+        others=torch.cat([dense_buckets, group_buckets, empty]),
+        dense=dense,
+        grouped=grouped,
+        group=renumber[mapping[grouped]],
+        num_groups=group_buckets.numel(),
+        num_empty=empty.numel(),
+    )
+    _PLANS[to_shared] = (device, num_buckets, to_shared._version, plan)
+    return plan
+
+
+def _log_sum_exp(values: torch.Tensor, index: torch.Tensor | None, size: int, in_place: bool) -> torch.Tensor:
+    """`log Σ exp` of the columns of `values` `(n, m)` per bucket `index` `(m,)` in `[0, size)` (all columns in one
+    bucket when `None`), each bucket shifted by its own largest entry: `(n, size)`. `in_place` overwrites `values`."""
+    rows = values.shape[0]
+    with torch.no_grad():  # the shift cancels exactly, so it needs no gradient
+        if index is None:
+            shift = values.amax(-1, keepdim=True)  # (n, 1)
+        else:
+            shift = values.new_full((rows, size), -math.inf)
+            shift.scatter_reduce_(1, index.expand(rows, -1), values, reduce="amax")  # (n, size)
+        shift.masked_fill_(shift == -math.inf, 0.0)  # empty (or all -inf) buckets: no shift
+        spread = shift if index is None else shift.index_select(1, index)  # (n, 1) or (n, m)
+    shifted = values.sub_(spread).exp_() if in_place else (values - spread).exp()  # each <= 1, the largest = 1
+    if index is None:
+        mass = shifted.sum(-1, keepdim=True)
+    else:
+        mass = shifted.new_zeros(rows, size).index_add_(1, index, shifted)
+    return mass.clamp_min_(_TINY).log_().add_(shift) if in_place else mass.clamp_min(_TINY).log() + shift
+
+
+def _dense_log_sum_exp(log_probs: torch.Tensor, tokens: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """`log Σ_{v in tokens} exp(log_probs[:, v])` `(n, 1)`, without gradients a few rows at a time."""
+    if not in_place:
+        return _log_sum_exp(log_probs.index_select(1, tokens), None, 1, False)
+    rows, width = log_probs.shape[0], tokens.numel()
+    step = max(1, min(rows, _TILE_ELEMENTS // max(width, 1)))
+    buffer = log_probs.new_empty(step * width)
+    result = log_probs.new_empty(rows, 1)
+    for start in range(0, rows, step):
+        end = min(start + step, rows)
+        tile = buffer[: (end - start) * width].view(end - start, width)
+        torch.index_select(log_probs[start:end], 1, tokens, out=tile)
+        result[start:end] = _log_sum_exp(tile, None, 1, True)
+    return result
+
+
 def coarsen(log_probs: torch.Tensor, to_shared: torch.Tensor, num_buckets: int) -> torch.Tensor:
     """Log-probabilities of the buckets of a shared vocabulary: `log Σ_{v in bucket} p_v`, differentiable.
 
     A log-sum-exp per bucket, each shifted by its own largest entry, so a bucket of one token gets exactly that
     token's log-probability (coarsening by a permutation is exact), and no bucket underflows however unlikely. A
     bucket no token of the row falls into gets log(tiny) = -87.3 (finite, zero gradient) rather than -inf.
+
+    The buckets are reduced by kind (`_BucketPlan`, cached per mapping tensor): the columns of one-token buckets are
+    gathered as they are, each large bucket (the rest bucket) is one dense log-sum-exp over its columns, and only the
+    few small buckets of several tokens are scattered.
 
     Args:
         log_probs (`torch.Tensor` of shape `(n, V)`): log-probabilities over a vocabulary (gradients flow).
@@ -224,20 +338,21 @@ def coarsen(log_probs: torch.Tensor, to_shared: torch.Tensor, num_buckets: int) 
             f"the vocabulary mapping has {tuple(to_shared.shape)} entries for distributions over {vocab} tokens; it "
             "needs one bucket per row of the model's head."
         )
-    to_shared = to_shared.to(device=log_probs.device, dtype=torch.long)
-    index = to_shared.expand(rows, vocab)
-    with torch.no_grad():  # the shift cancels exactly, so it needs no gradient
-        bucket_max = log_probs.new_full((rows, num_buckets), -math.inf)
-        bucket_max.scatter_reduce_(1, index, log_probs, reduce="amax")
-        bucket_max.masked_fill_(bucket_max == -math.inf, 0.0)  # empty (or all -inf) buckets: no shift
-    if not (torch.is_grad_enabled() and log_probs.requires_grad):  # in place: one (n, V) tile instead of three
-        shifted = bucket_max.gather(1, index).neg_().add_(log_probs).exp_()
-        mass = log_probs.new_zeros(rows, num_buckets).index_add_(1, to_shared, shifted)
-        del shifted
-        return mass.clamp_min_(_TINY).log_().add_(bucket_max)
-    shifted = (log_probs - bucket_max.gather(1, index)).exp()  # (n, V), each <= 1, the bucket's largest = 1
-    mass = log_probs.new_zeros(rows, num_buckets).index_add(1, to_shared, shifted)  # (n, K)
-    return mass.clamp_min(_TINY).log() + bucket_max
+    plan = _bucket_plan(to_shared, num_buckets, log_probs.device)
+    in_place = not (torch.is_grad_enabled() and log_probs.requires_grad)  # in place: gathered copies only
+    coarse = log_probs.index_select(1, plan.source)  # (n, K): right for one-token buckets, overwritten for the others
+    # a one-token bucket's log(max(exp(x), tiny)) is x, except log(tiny) for x = -inf (NaN and +inf stay as they are)
+    fill = {"nan": math.nan, "posinf": math.inf, "neginf": _LOG_TINY}
+    coarse = coarse.nan_to_num_(**fill) if in_place else coarse.nan_to_num(**fill)
+    if not plan.others.numel():
+        return coarse
+    parts = [_dense_log_sum_exp(log_probs, tokens, in_place) for tokens in plan.dense]  # (n, 1) each
+    if plan.num_groups:
+        parts.append(_log_sum_exp(log_probs.index_select(1, plan.grouped), plan.group, plan.num_groups, in_place))
+    if plan.num_empty:
+        parts.append(log_probs.new_full((rows, plan.num_empty), _LOG_TINY))
+    values = torch.cat(parts, dim=1)  # (n, K - S), in the order of `plan.others`
+    return coarse.index_copy_(1, plan.others, values) if in_place else coarse.index_copy(1, plan.others, values)
 
 
 @dataclass(frozen=True)
