@@ -134,7 +134,8 @@ def main() -> None:
                 server.terminate()
                 server.wait(timeout=30)
     print(
-        f"\nSteps per second, {os.path.basename(folder.rstrip('/'))} teacher -> {len(options.layers)}-layer student, batch 4 x 128 tokens, "
+        f"\nSteps per second, {os.path.basename(folder.rstrip('/'))} teacher -> {len(options.layers)}-layer "
+        "student, batch 4 x 128 tokens, "
         f"{options.steps} steps each (one torch thread per process)"
     )
     print(f"{'teacher':24} {'k':>4} {'server delay':>13} {'steps/s':>8} {'vs in process':>14} {'scored ahead':>13}")

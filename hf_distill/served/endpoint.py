@@ -60,14 +60,14 @@ class ServedEndpoint:
             )
         if parsed.username or parsed.password:
             raise ValueError(
-                f"The served teacher {_redacted(spec)!r} carries credentials in its URL, where they would reach logs and saved "
-                "arguments: remove them and put the API key in an environment variable named by "
+                f"The served teacher {_redacted(spec)!r} carries credentials in its URL, where they would reach logs "
+                "and saved arguments: remove them and put the API key in an environment variable named by "
                 "teacher_api_key_env (e.g. teacher_api_key_env='OPENAI_API_KEY')."
             )
         if not model.strip():
             raise ValueError(
-                f"The served teacher {spec!r} names no model: add `#` and the name the server serves (GET {url.rstrip('/')}"
-                f"/models lists them), like {example!r}."
+                f"The served teacher {spec!r} names no model: add `#` and the name the server serves "
+                f"(GET {url.rstrip('/')}/models lists them), like {example!r}."
             )
         return cls(base_url=url.rstrip("/"), model=model.strip())
 

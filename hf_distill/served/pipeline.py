@@ -139,8 +139,9 @@ class ScoringQueue:
                     stale.cancel()
 
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[RowScores | None]:
-        """The batch's scores, `B` `RowScores` (padding excluded; `None` for a row of padding only): the request sent for these very tokens if one is
-        in flight, else one made now. A failed request raises here, for the batch it belongs to."""
+        """The batch's scores, `B` `RowScores` (padding excluded; `None` for a row of padding only): from the request
+        sent for these very tokens if one is in flight, else from one made now. A failed request raises here, for
+        the batch it belongs to."""
         key = batch_key(input_ids, attention_mask)
         with self._lock:
             futures = self._pending.get(key)

@@ -106,7 +106,8 @@ def check_tokenization(client: ServedClient, endpoint: ServedEndpoint, tokenizer
         return repr(tokenizer.convert_ids_to_tokens(ids[first])) if first < len(ids) else "(end)"
 
     raise ValueError(
-        f"The server's tokenizer for {endpoint.model} differs from the student's: scoring {probe[:80]!r}... it returned "
+        f"The server's tokenizer for {endpoint.model} differs from the student's: scoring {probe[:80]!r}... it "
+        "returned "
         f"{len(served)} token ids, the student's tokenizer makes {len(ours)}; they first differ at position {first} "
         f"(server id {served[first] if first < len(served) else '(end)'}, student {token(ours)}). Its scores would "
         "be trained on the wrong tokens. Serve the student's tokenizer's model family, or, for a teacher of another "
