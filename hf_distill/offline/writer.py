@@ -79,6 +79,16 @@ def _vocab_size(teacher: nn.Module) -> int:
     return getattr(config, "vocab_size", None) or config.num_labels
 
 
+def _shard_columns(rows: Any, table: list[bytes | None] | None) -> dict[str, list]:
+    """The shard's own columns, and empty cache columns to fill (with a byte `table`, a teacher-tokenized cache's
+    offsets and next-token log-probabilities too)."""
+    columns: dict[str, list] = {name: list(rows[name]) for name in rows.column_names}
+    columns.update({IDS: [], LOGPROBS: [], TAIL: []})
+    if table is not None:
+        columns.update({OFFSETS: [], NEXT_LOGPROB: []})
+    return columns
+
+
 @torch.no_grad()
 def _shard_rows(
     teacher: nn.Module,
@@ -93,10 +103,7 @@ def _shard_rows(
     """The shard's original columns plus the three cache columns, each example trimmed to its own length; with the
     teacher tokenizer's byte `table` (a teacher-tokenized cache) also each token's end byte offset and the
     log-probability of the next token, and `input_ids` / `labels` renamed to the teacher's (`attention_mask` dropped)."""
-    columns: dict[str, list] = {name: list(rows[name]) for name in rows.column_names}
-    columns.update({IDS: [], LOGPROBS: [], TAIL: []})
-    if table is not None:
-        columns.update({OFFSETS: [], NEXT_LOGPROB: []})
+    columns = _shard_columns(rows, table)
     tokens = 0
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
     for start in range(0, len(rows), batch_size):
@@ -161,10 +168,7 @@ def _served_shard_rows(
     """`_shard_rows` for a served teacher: the shard's batches are sent a window ahead of the one being read, so the
     server is kept busy; each example's scores are the server's top-k of its tokens (and, with the teacher
     tokenizer's byte `table`, the byte offsets and next-token log-probabilities of a teacher-tokenized cache)."""
-    columns: dict[str, list] = {name: list(rows[name]) for name in rows.column_names}
-    columns.update({IDS: [], LOGPROBS: [], TAIL: []})
-    if table is not None:
-        columns.update({OFFSETS: [], NEXT_LOGPROB: []})
+    columns = _shard_columns(rows, table)
     window = 2 * teacher.settings.concurrency  # batches in flight: bounded, and within the queue's capacity
     starts = list(range(0, len(rows), batch_size))
     batches = [collator([rows[i] for i in range(s, min(s + batch_size, len(rows)))]) for s in starts]
